@@ -1,0 +1,51 @@
+"""Named FusionOpt recipes and validation of component sets (DESIGN §5)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["COMPONENTS", "RECIPES", "resolve_components"]
+
+COMPONENTS = frozenset({"ns5", "normuon", "sf", "mona", "shampoo"})
+# Components whose implementation has landed; the others are refused with a clear message.
+IMPLEMENTED = frozenset({"ns5", "normuon", "sf"})
+
+RECIPES: dict[str, frozenset[str]] = {
+    "sf-normuon": frozenset({"ns5", "normuon", "sf"}),
+    "muon": frozenset({"ns5"}),
+    "sf-adamw": frozenset({"sf"}),
+    "full": frozenset({"ns5", "normuon", "sf", "mona", "shampoo"}),
+}
+
+
+def resolve_components(
+    recipe: str | None = "sf-normuon",
+    components: Iterable[str] | None = None,
+    *,
+    allow_unbounded: bool = False,
+) -> frozenset[str]:
+    """Return the component set for ``recipe`` or an explicit ``components`` set (not both)."""
+    if components is not None:
+        comps = frozenset(components)
+        unknown = comps - COMPONENTS
+        if unknown:
+            raise ValueError(
+                f"unknown component(s) {sorted(unknown)}; allowed components are {sorted(COMPONENTS)}"
+            )
+    else:
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
+        comps = RECIPES[recipe]
+    if "normuon" in comps and "ns5" not in comps:
+        raise ValueError("component 'normuon' normalises an orthogonalised update and needs 'ns5'")
+    if "shampoo" in comps and "ns5" not in comps and not allow_unbounded:
+        raise ValueError(
+            "component 'shampoo' without 'ns5' is unbounded (it diverged alone in the seed runs); "
+            "add 'ns5' or pass allow_unbounded=True"
+        )
+    missing = comps - IMPLEMENTED
+    if missing:
+        raise NotImplementedError(
+            f"component(s) {sorted(missing)} are not implemented yet; implemented: {sorted(IMPLEMENTED)}"
+        )
+    return comps
