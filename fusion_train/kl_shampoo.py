@@ -49,9 +49,10 @@ cap; HeavyBall's ``max_precond_dim`` does the same thing).
       ``Q ← qr(S·Q).Q`` (fp32). ``d`` is kept across refreshes, as the authors do.
 
 All ``eigh`` and ``qr`` calls run in float32 whatever the input or factor dtype (they are not
-implemented for bf16/fp16 and lose accuracy there), and the result is cast back to
-``factor_dtype``. The factors and the matmuls use ``factor_dtype`` (float32 by default; the
-authors run everything but QR/eigh in bf16, available here as ``factor_dtype=torch.bfloat16``).
+implemented for bf16/fp16 and lose accuracy there; float64 factors stay float64), and the
+result is cast back to ``factor_dtype``. The factors and the matmuls use ``factor_dtype``
+(float32 by default; the authors run everything but QR/eigh in bf16, available here as
+``factor_dtype=torch.bfloat16``).
 
 Defaults where sources differ: ``beta=0.95`` (the authors' docstring and HeavyBall; their code's
 default falls back to ``betas[1]=0.98``), ``precondition_frequency=10`` (authors; HeavyBall
@@ -129,7 +130,7 @@ class KLShampooConfig:
         max_clamp_value: cap of the clamp ``d^{-1/2} <= max(10, min(dim, max_clamp_value))``;
             ``None`` disables clamping.
         factor_dtype: dtype of the factors, eigenbases, eigenvalues and their matmuls
-            (eigh/QR always run in float32).
+            (eigh/QR always run in at least float32).
 
     Example:
         >>> KLShampooConfig(beta=0.98, precondition_frequency=5).max_precond_dim
@@ -254,9 +255,14 @@ def _check_grad(grad: torch.Tensor, state: KLShampooState, name: str = "grad") -
             )
 
 
+def _linalg_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for bf16/fp16/fp32 factors, float64 for float64 ones: never below fp32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _eigh_fp32_descending(s: torch.Tensor) -> torch.Tensor:
-    """Eigenvectors of symmetric ``s`` in float32, columns in descending eigenvalue order."""
-    _, vecs = torch.linalg.eigh(s.to(torch.float32))
+    """Eigenvectors of symmetric ``s`` in (at least) float32, descending eigenvalue order."""
+    _, vecs = torch.linalg.eigh(s.to(_linalg_dtype(s.dtype)))
     return vecs.flip(-1).to(s.dtype)
 
 
@@ -372,7 +378,8 @@ def kl_shampoo_refresh_eigenbasis(state: KLShampooState) -> KLShampooState:
     def refresh(s: torch.Tensor | None, q: torch.Tensor | None) -> torch.Tensor | None:
         if s is None:
             return None
-        basis, _ = torch.linalg.qr(s.to(torch.float32) @ q.to(torch.float32))
+        work = _linalg_dtype(s.dtype)
+        basis, _ = torch.linalg.qr(s.to(work) @ q.to(work))
         return basis.to(q.dtype)
 
     return state._replace(q_a=refresh(state.s_a, state.q_a), q_b=refresh(state.s_b, state.q_b))
