@@ -65,8 +65,13 @@ preconditioned is fixed by the state's structure (tensor or ``None``), and the r
 is a Python ``bool`` the caller derives from its step counter (:func:`kl_shampoo_refresh_due`).
 
 Scale check (``benchmarks/kl_shampoo_direction_scale.py``, recorded in ``docs/kl_shampoo.md``):
-on random, low-rank and rank-1 matrices over 20 steps the direction stays finite, with RMS of
-order ``1/√init_factor`` early and of order 1 once the eigenvalue EMA has caught up.
+on random, drifting, low-rank and rank-1 gradients (64×48, 384×64, 256×256) over 20 steps the
+direction stays finite. Its gain ‖direction‖/‖M‖ is exactly ``1/init_factor`` on the first step
+after the seed; for white-noise gradients it then sits at 1.05–1.7 (the KL fixed point is
+``d_a·d_b = 1``, direction ≈ momentum); for low-rank and rank-1 gradients the direction is small
+(RMS 0.001–0.1, the first eigenvalue EMA overshoots after the seed) and relaxes at rate β
+(rank-1 256×256 reaches the fixed-point RMS ``1/√256`` within ~100 steps). Largest entry seen:
+11.5; no blow-up along near-null directions.
 
 Example:
     >>> import torch
