@@ -69,11 +69,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 
 import torch
 
 __all__ = [
     "DEFAULT_MONA_BETA",
+    "MonaConfig",
     "default_mona_alpha",
     "mona_init_buffers",
     "mona_transform",
@@ -141,6 +143,39 @@ def default_mona_alpha(beta: float) -> float:
     """
     beta = validate_mona_beta(beta)
     return -1.0 / (2.0 * (1.0 - beta))
+
+
+@dataclass(frozen=True)
+class MonaConfig:
+    """MONA hyperparameters, validated on construction.
+
+    Args:
+        beta: EMA decay β_a of the gradient differences, in [0, 1).
+        alpha: acceleration coefficient; ``None`` means :func:`default_mona_alpha` (β).
+            Must be finite and > −1/(1−β) (:func:`validate_mona_alpha`).
+        lite: store the two buffers in bfloat16 (MONA-Lite).
+
+    Example:
+        >>> cfg = MonaConfig(beta=0.99)
+        >>> round(cfg.resolved_alpha, 9), cfg.lite
+        (-50.0, False)
+    """
+
+    beta: float = DEFAULT_MONA_BETA
+    alpha: float | None = None
+    lite: bool = False
+
+    def __post_init__(self) -> None:
+        validate_mona_beta(self.beta)
+        if self.alpha is not None:
+            validate_mona_alpha(self.alpha, self.beta)
+        if not isinstance(self.lite, bool):
+            raise TypeError(f"mona_lite must be a bool, got {type(self.lite).__name__}")
+
+    @property
+    def resolved_alpha(self) -> float:
+        """``alpha``, or the reimplementations' default −1/(2(1−β)) when it is None."""
+        return default_mona_alpha(self.beta) if self.alpha is None else float(self.alpha)
 
 
 def mona_init_buffers(

@@ -9,6 +9,7 @@ import torch
 
 from fusion_train.mona import (
     DEFAULT_MONA_BETA,
+    MonaConfig,
     default_mona_alpha,
     mona_init_buffers,
     mona_transform,
@@ -203,3 +204,14 @@ def test_shape_and_dtype_mismatch_raise():
         mona_transform(g, a16, a16.clone(), alpha=-1.0, beta=0.9, first_step=False)
     with pytest.raises(TypeError, match="like must be a torch.Tensor"):
         mona_init_buffers([1.0, 2.0])
+
+
+def test_config_resolves_default_alpha_and_validates():
+    assert math.isclose(MonaConfig().resolved_alpha, -20.0)
+    assert MonaConfig(beta=0.9, alpha=0.2).resolved_alpha == 0.2
+    with pytest.raises(ValueError, match=r"mona_beta must be in \[0, 1\)"):
+        MonaConfig(beta=1.0)
+    with pytest.raises(ValueError, match="mona_alpha must be >"):
+        MonaConfig(beta=0.975, alpha=-40.0)
+    with pytest.raises(TypeError, match="mona_lite must be a bool"):
+        MonaConfig(lite="yes")
