@@ -414,7 +414,7 @@ def build_reference_data(
     config: ReferenceDataConfig | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
-    workers: int | None = None,
+    workers: int = 1,
 ) -> ReferenceData:
     """Build (or load from the cache) the music21 reference data.
 
@@ -423,8 +423,11 @@ def build_reference_data(
         cache_dir: cache root (default ``$FUSION_CACHE_DIR``, ``$XDG_CACHE_HOME/fusion`` or
             ``~/.cache/fusion``); the data lives in ``<root>/reference_data/<hash>/``.
         progress: show a tqdm bar while rendering.
-        workers: processes used for rendering (default ``min(4, cpu_count)``; results are identical
-            for any value).
+        workers: processes used for rendering (default 1). Results are bit-identical for any
+            value. Workers are started with ``spawn`` (fork is unsafe once torch has threads), so
+            a script that passes ``workers > 1`` needs the usual ``if __name__ == "__main__":``
+            guard, and each worker pays a few seconds of start-up: worth it for the full build,
+            not for a small slice.
 
     A complete, intact cache is loaded without rendering (``cache_status == "hit"``); a missing,
     partial or corrupt one is rebuilt (``"built"`` / ``"rebuilt: <reason>"``).
@@ -437,8 +440,6 @@ def build_reference_data(
     config = ReferenceDataConfig() if config is None else config
     if not isinstance(config, ReferenceDataConfig):
         raise TypeError(f"config must be a ReferenceDataConfig, got {type(config).__name__}")
-    if workers is None:
-        workers = min(4, os.cpu_count() or 1)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     music21 = corpus.import_music21()
