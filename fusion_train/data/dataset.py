@@ -104,6 +104,30 @@ class ReferenceData:
             :, None
         ]
 
+    def summary(self) -> str:
+        """A few lines describing the data (sizes, split, frame grid, control ranges, cache).
+
+        Example:
+            >>> from fusion_train.data import synthetic_data
+            >>> print(synthetic_data(4, frames=16).summary().splitlines()[0])
+            synthetic: 4 excerpts × [64, 16] at 21.53 Hz (0.74 s); train 3 / val 1 excerpts
+        """
+        n_mels, frames = self.latents.shape[1:]
+        lines = [
+            f"{self.source}: {len(self)} excerpts × [{n_mels}, {frames}] at "
+            f"{self.spec.frame_rate:.2f} Hz ({frames / self.spec.frame_rate:.2f} s); "
+            f"train {self.train_index.numel()} / val {self.val_index.numel()} excerpts",
+            f"pieces: {len(self.pieces_in('train'))} train, {len(self.pieces_in('val'))} val; "
+            f"cache: {self.cache_status}",
+        ]
+        for c, name in enumerate(self.control_names):
+            values = self.controls[:, c]
+            lines.append(
+                f"  {name:<16} mean {float(values.mean()):7.2f}  std {float(values.std()):6.2f}  "
+                f"range [{float(values.min()):.1f}, {float(values.max()):.1f}]"
+            )
+        return "\n".join(lines)
+
     def control_extractor(self) -> ControlFeatureExtractor:
         """A :class:`ControlFeatureExtractor` that reads these controls from *standardised* latents."""
         return ControlFeatureExtractor(

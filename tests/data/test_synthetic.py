@@ -82,3 +82,11 @@ def test_split_by_piece_and_determinism(data):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         synthetic_data(**kwargs)
+
+
+def test_summary_names_sizes_and_channels(data):
+    text = data.summary()
+    assert text.splitlines()[0] == (
+        "synthetic: 12 excerpts × [64, 96] at 21.53 Hz (4.46 s); train 9 / val 3 excerpts"
+    )
+    assert all(name in text for name in data.control_names)
