@@ -59,7 +59,7 @@ from fusion_infer.mel_bands import (
 )
 
 from . import corpus
-from .cache import CacheInvalid, atomic_write, read_manifest, resolve_cache_root, write_manifest
+from .cache import atomic_write, read_manifest, resolve_cache_root, write_manifest
 from .controls import audio_control_targets
 from .dataset import ReferenceData, split_stats
 from .mel import log_mel, samples_for_frames
@@ -452,7 +452,7 @@ def build_reference_data(
             manifest = read_manifest(folder, DATA_FORMAT_VERSION, digest)
             tensors = load_file(str(folder / _DATA_FILE))
             return _to_reference_data(config, tensors, manifest["info"], cache_status="hit")
-        except (CacheInvalid, OSError, ValueError, KeyError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever makes a cache unreadable, rebuild it
             status = f"rebuilt: {exc}"
             logger.warning("reference data cache at %s is unusable (%s); rebuilding", folder, exc)
             shutil.rmtree(folder, ignore_errors=True)
