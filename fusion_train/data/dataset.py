@@ -135,11 +135,12 @@ class ReferenceData:
         )
 
 
-def split_stats(values: torch.Tensor, index: torch.Tensor, min_std: float = 1e-3):
+def split_stats(values: torch.Tensor, index: torch.Tensor, min_std: float = 1.0):
     """Per-channel mean and std of ``values[index]`` (``[N, C, T]``) over excerpts and frames.
 
-    The std is floored at ``min_std`` so a channel that never moves (e.g. a mel bin above every
-    partial) standardises to zeros instead of dividing by zero.
+    The std is floored at ``min_std`` (1 dB by default): a channel that (nearly) never moves in the
+    train split, e.g. a mel bin above every partial of a small slice, would otherwise turn a
+    validation excerpt with energy there into values in the tens of thousands.
     """
     if index.numel() == 0:
         raise ValueError("cannot compute statistics of an empty split")
