@@ -1,8 +1,5 @@
 """fusion_infer.control_features: latent-domain controls track the audio-domain targets."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -49,7 +46,7 @@ def test_standardised_and_db_inputs_agree(data):
 
 def test_differentiable():
     extractor = ControlFeatureExtractor()
-    latent = (torch.randn(2, 64, 6, dtype=torch.float64) * 10 - 40).requires_grad_()
+    latent = (torch.randn(1, 64, 3, dtype=torch.float64) * 10 - 40).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: extractor(x), (latent,), eps=1e-4, atol=1e-5)
     extractor(latent).sum().backward()
     assert latent.grad.abs().sum() > 0
@@ -80,11 +77,3 @@ def test_bad_inputs():
         ControlFeatureExtractor(spec={"n_mels": 64})
     assert control_feature_names()[-1] == "spectral_flux"
     assert ControlFeatureExtractor(MelSpec(n_mels=48)).weights.shape == (4, 48)
-
-
-def test_fusion_infer_does_not_import_fusion_train():
-    code = (
-        "import sys, fusion_infer.control_features, fusion_infer.mel_bands; "
-        "assert not any(m.startswith('fusion_train') for m in sys.modules), 'fusion_train imported'"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
