@@ -63,6 +63,7 @@ __all__ = ["TimeConditioningCache"]
 #: it is exactly 0 or ±1, so every timestep-MLP weight influences its modulators).
 SENTINEL_T = 0.5772156649015329
 _ON_GRAD = ("bypass", "raise")
+_INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 class TimeConditioningCache:
@@ -191,14 +192,16 @@ class TimeConditioningCache:
 
     def _keys(self, t: Tensor, cond: Tensor | None) -> list[tuple]:
         prefix = (str(self.model.dtype), str(self.model.device))
+        if cond is None:
+            # Fast path: canonical t is 1-D float32/float64; its integer view *is* its bits.
+            bits = t.detach().to("cpu").view(_INT_VIEW[t.dtype]).tolist()
+            return [(*prefix, str(t.dtype), b) for b in bits]
         return row_keys(t, cond, prefix=prefix)
 
-    def _must_bypass(self, cond: Tensor | None) -> bool:
+    def _must_bypass(self, params: list[Tensor], cond: Tensor | None) -> bool:
         if not torch.is_grad_enabled():
             return False
-        needs_grad = any(p.requires_grad for p in self.model.modulator_parameters()) or (
-            cond is not None and cond.requires_grad
-        )
+        needs_grad = any(p.requires_grad for p in params) or (cond is not None and cond.requires_grad)
         if needs_grad and self.on_grad == "raise":
             raise RuntimeError(
                 "TimeConditioningCache: grad is enabled and modulator weights (or cond) require "
@@ -234,10 +237,11 @@ class TimeConditioningCache:
         :meth:`ControlHead.prepare_conditions`). Returns None when the call must bypass the
         cache (training), in which case the head computes the rows itself.
         """
-        if self._must_bypass(cond):
+        params = self.model.modulator_parameters()
+        if self._must_bypass(params, cond):
             self.core.stats.bypassed += 1
             return None
-        self.core.validate()
+        self.core.validate(params)
         return self._gather(t, cond, retry=True)
 
     def _gather(self, t: Tensor, cond: Tensor | None, retry: bool) -> Tensor:

@@ -285,14 +285,24 @@ class ControlHead(nn.Module):
     def modulator_parameters(self) -> list[Tensor]:
         """Every tensor the modulators depend on (timestep MLP, ``cond_proj``, all adaLN linears).
 
-        A cache watches exactly these; changing any other parameter cannot change modulators.
+        A cache watches exactly these (on every lookup, hence plain attribute reads rather than
+        a module traversal); changing any other parameter cannot change modulators.
         """
-        mods: list[nn.Module] = [self.t_embedder]
+        # Plain dict reads instead of nn.Module.__getattr__/Sequential indexing: this runs on
+        # every cached lookup and must stay a few microseconds.
+        mlp = self.t_embedder._modules["mlp"]._modules
+        lins = [mlp["0"], mlp["2"]]
         if self.cond_proj is not None:
-            mods.append(self.cond_proj)
-        mods.extend(b.adaLN_mod for b in self.blocks)
-        mods.append(self.final.adaLN_mod)
-        return [p for m in mods for p in m.parameters()]
+            lins.append(self.cond_proj)
+        lins.extend(b._modules["adaLN_mod"]._modules["1"] for b in self._modules["blocks"]._modules.values())
+        lins.append(self._modules["final"]._modules["adaLN_mod"]._modules["1"])
+        out = []
+        for lin in lins:
+            params = lin._parameters
+            out.append(params["weight"])
+            if params.get("bias") is not None:
+                out.append(params["bias"])
+        return out
 
     def stacked_modulator_weights(self) -> tuple[Tensor, Tensor]:
         """``(W [6·dim·depth + 2·dim, dim], b)``: all adaLN linears concatenated (a fresh copy).

@@ -74,10 +74,9 @@ def split_modulator_table(flat: Tensor, depth: int, dim: int) -> Modulators:
             f"got {tuple(flat.shape)}"
         )
     b = flat.shape[0]
-    blocks = tuple(
-        flat[:, i * 6 * dim : (i + 1) * 6 * dim].view(b, 6, dim) for i in range(depth)
-    )
-    return Modulators(blocks=blocks, final=flat[:, 6 * dim * depth :].view(b, 2, dim))
+    split = 6 * dim * depth
+    blocks = flat[:, :split].view(b, depth, 6, dim).unbind(1)  # one view op, then C++ unbind
+    return Modulators(blocks=blocks, final=flat[:, split:].view(b, 2, dim))
 
 
 def chunked_modulator_table(

@@ -63,8 +63,15 @@ def validate_timesteps(
     """
     if isinstance(t, bool):
         raise TypeError(f"{name} must be a float in [0, 1] or a floating tensor, got bool")
-    if isinstance(t, (int, float)):
-        t = torch.tensor(float(t), dtype=torch.float64)
+    if isinstance(t, (int, float)):  # fast path: checked in Python, no reduction kernel/sync
+        v = float(t)
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite and in [0, 1]; got NaN or inf")
+        if v < 0.0 or v > 1.0:
+            raise ValueError(
+                f"{name} must lie in [0, 1] (0 = clean, 1 = noise); got values in [{v:.6g}, {v:.6g}]"
+            )
+        return torch.full((1 if batch is None else batch,), v + 0.0, dtype=dtype, device=device)
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a float in [0, 1] or a floating tensor, got {type(t).__name__}")
     if not t.is_floating_point():
