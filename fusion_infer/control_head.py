@@ -282,6 +282,17 @@ class ControlHead(nn.Module):
         """The attached cache (or None)."""
         return self._modulator_provider
 
+    def cost(self, seq_len: int = 256, batch: int = 1) -> Any:
+        """Parameters and FLOPs per forward (:func:`fusion_infer.head_cost.head_cost`).
+
+        Example:
+            >>> ControlHead().cost(seq_len=256).params
+            5014017
+        """
+        from .head_cost import head_cost  # head_cost imports this module
+
+        return head_cost(self.config, seq_len=seq_len, batch=batch)
+
     def modulator_parameters(self) -> list[Tensor]:
         """Every tensor the modulators depend on (timestep MLP, ``cond_proj``, all adaLN linears).
 

@@ -30,7 +30,7 @@ def test_default_head_is_about_five_million_parameters():
     head = ControlHead()
     n = sum(p.numel() for p in head.parameters())
     assert 4.5e6 < n < 5.5e6
-    assert n == head_cost(head.config).params
+    assert n == head_cost(head.config).params == head.cost().params
     y = head(latents(1, 32, channels=64), 0.5)
     assert y.shape == (1, 1, 32)
 

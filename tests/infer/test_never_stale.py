@@ -220,3 +220,21 @@ def test_weights_swapped_context(setup):
             p.data.copy_(b)
     after = _assert_fresh(head, x)
     assert all(torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_diffusers_ema_model_copy_to_and_restore(setup):
+    """The real diffusers EMAModel (foreach `_foreach_copy_` on `.data`)."""
+    from diffusers.training_utils import EMAModel
+
+    head, cache, x, before = setup
+    ema = EMAModel(head.parameters(), decay=0.5, foreach=True)
+    _train_step(head, torch.optim.AdamW(head.parameters(), lr=1e-2), x)
+    ema.step(head.parameters())
+    trained = _assert_fresh(head, x, before)
+    ema.store(head.parameters())
+    ema.copy_to(head.parameters())
+    _assert_fresh(head, x, trained)
+    ema.restore(head.parameters())
+    restored = _assert_fresh(head, x)
+    assert all(torch.equal(a, b) for a, b in zip(restored, trained))
+    assert cache.stats.invalidations_by_reason["content"] == 2
