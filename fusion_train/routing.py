@@ -44,7 +44,7 @@ IO_PATTERNS = (
     r"(^|\.)(x_embedder|patch_embed|patch_embedding|pos_embed|proj_in|input_proj|latent_proj"
     r"|in_proj|embed_tokens|wte|wpe|context_embedder|x_proj)(\.|$)",
     # final output projections
-    r"(^|\.)(final_layer\.linear|proj_out|output_proj|out_proj_final|lm_head|final_proj)(\.|$)",
+    r"(^|\.)(final_layer\.linear|final\.linear|proj_out|output_proj|out_proj_final|lm_head|final_proj)(\.|$)",
 )
 
 
