@@ -179,3 +179,16 @@ def test_bad_arguments():
         TimeConditioningCache(frozen(), probe_every=-1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         TimeConditioningCache(frozen()).warm([0.5, 2.0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_other_dtypes_cached_equals_uncached(dtype):
+    head = frozen(4).to(dtype)
+    x = latents(3, dtype=dtype)
+    t = torch.tensor([0.9, 0.0, 0.9])
+    ref = uncached(head, x, t)
+    with TimeConditioningCache(head) as cache:
+        cache.warm([0.0, 0.5])
+        assert torch.equal(head(x, t), ref)
+        assert torch.equal(head(x, t), ref)
+    assert cache.stats.entries == 3 and cache.stats.misses == 1  # only 0.9 was not warmed
