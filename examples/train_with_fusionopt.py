@@ -50,7 +50,7 @@ def main() -> None:
         ap.error("--polyak needs a Schedule-Free recipe (sf-normuon or sf-adamw); use --polyak off with muon")
 
     torch.manual_seed(0)
-    data = synthetic_data(128, frames=128, seed=0)
+    data = synthetic_data(64, frames=128, seed=0)
     x_train, y_train = data.split("train")
     x_val, y_val = data.split("val")
     y_train, y_val = data.standardize_controls(y_train), data.standardize_controls(y_val)
