@@ -37,7 +37,7 @@ def instrumented_ns(X: torch.Tensor, coefficients: str) -> tuple[torch.Tensor, f
 def main() -> None:
     torch.manual_seed(0)
     rows, records = [], []
-    for (m, n) in [(256, 256), (512, 1024), (1024, 1024)]:
+    for (m, n) in [(256, 256), (512, 1024)]:
         for scale in [1e-3, 1.0, 30.0, 100.0, 1000.0]:
             G = scale * torch.randn(m, n)
             ref = orthogonalize(G, hot_dtype="fp32")
@@ -67,8 +67,8 @@ def main() -> None:
     md = "# fp16 Newton–Schulz: where naive fp16 fails\n\n"
     md += f"Environment: {environment()}\n\n"
     md += "Command: `python benchmarks/fp16_newton_schulz.py`\n\n"
-    md += md_table(["shape", "|entry| scale", "‖G‖_F", "fp16 ‖G‖_F", "naive fp16 vs fp32", "ours fp16 vs fp32",
-                    "max |intermediate| (Jordan)", "max |intermediate| (Polar Express)"], rows)
+    md += md_table(["shape", "entry scale", "‖G‖_F", "fp16 ‖G‖_F", "naive fp16 vs fp32", "ours fp16 vs fp32",
+                    "max abs intermediate (Jordan)", "max abs intermediate (Polar Express)"], rows)
     md += (
         f"\n\nNaive fp16 failed in {len(fails)} of {len(records)} cases, exactly those where ‖G‖_F > 65504 "
         "(the fp16 maximum): the fp16 norm is inf and G/inf is an all-zero, silent no-op update. "
