@@ -6,9 +6,8 @@ import pytest
 import torch
 from diffusers.training_utils import EMAModel
 from diffusers_tiny_models import CASE_BY_NAME, build, forward
-from peft import LoraConfig
-
 from fusion_diffusers import ModulatorCacheConfig, apply_modulator_cache
+from peft import LoraConfig
 
 MOD_TARGETS = {
     # The module names diffusers' LoRA converters target on Flux/SD3 (research §2.6.5).
