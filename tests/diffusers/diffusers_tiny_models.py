@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import (
+    AuraFlowTransformer2DModel,
     DiTTransformer2DModel,
     FluxTransformer2DModel,
     PixArtTransformer2DModel,
@@ -59,6 +60,14 @@ def make_flux(guidance: bool = True) -> nn.Module:
         patch_size=1, in_channels=8, out_channels=None, num_layers=1, num_single_layers=1,
         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=12,
         pooled_projection_dim=10, guidance_embeds=guidance, axes_dims_rope=(2, 2, 4),
+    )
+
+
+def make_auraflow() -> nn.Module:
+    return AuraFlowTransformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, num_mmdit_layers=1, num_single_dit_layers=1,
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=12, caption_projection_dim=16,
+        out_channels=4, pos_embed_max_size=16,
     )
 
 
@@ -114,6 +123,15 @@ def flux_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 0.999,
     return out
 
 
+def auraflow_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 0.999) -> dict:
+    g = _gen(seed)
+    return {
+        "hidden_states": torch.randn(batch, 4, 8, 8, generator=g).to(dtype),
+        "encoder_hidden_states": torch.randn(batch, 5, 12, generator=g).to(dtype),
+        "timestep": torch.full((batch,), float(t)).to(dtype),
+    }
+
+
 @dataclass(frozen=True)
 class Case:
     """One model configuration under test."""
@@ -132,6 +150,7 @@ CASES = [
     Case("sd3", lambda: make_sd3(False), sd3_inputs, 1000.0, 500.0),
     Case("sd35", lambda: make_sd3(True), sd3_inputs, 1000.0, 500.0),
     Case("flux_dev", lambda: make_flux(True), flux_inputs, 1.0, 0.5),
+    Case("auraflow", make_auraflow, auraflow_inputs, 1.0, 0.5),
     Case("flux_schnell", lambda: make_flux(False), lambda *a, **k: flux_inputs(*a, guidance=False, **k), 1.0, 0.5),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}

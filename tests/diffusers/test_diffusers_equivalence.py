@@ -87,6 +87,14 @@ def test_changing_any_conditioning_never_replays_a_stale_entry(case):
         got = forward(model, changed)
         assert cache.stats.misses == misses + 1, name
         assert torch.equal(got, expected), name
+    if case.name == "auraflow":
+        # AuraFlow's modulators depend on t only: another prompt must *hit* and stay exact.
+        hits = cache.stats.hits
+        other = {**x, "encoder_hidden_states": x["encoder_hidden_states"] * -1}
+        with cache.disabled():
+            expected = forward(model, other)
+        assert torch.equal(forward(model, other), expected)
+        assert cache.stats.hits == hits + 1
     if case.name == "pixart_sigma":
         # Σ ignores resolution/aspect: changing them must *hit* (t-only reuse across sizes).
         ack = x["added_cond_kwargs"]
