@@ -153,41 +153,49 @@ def bench_model(name, spec, *, steps, repeats, device, dtype) -> dict:
     ts = torch.linspace(999, 20, steps).tolist()
     schedule = [make_inputs(batch, t, device, dtype) for t in ts]
 
-    def render() -> tuple[float, torch.Tensor]:
+    def step(x: dict) -> tuple[float, float, torch.Tensor]:
         _sync(device)
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         with torch.no_grad():
-            for x in schedule:
-                out = model(**x).sample
+            out = model(**x).sample
         _sync(device)
-        return time.perf_counter() - start, out
+        return time.perf_counter() - wall, time.process_time() - cpu, out
 
     cache = apply_modulator_cache(model)
+    refs = []
     with cache.disabled():
-        _, ref = render()  # warm-up A
-    _, got = render()  # warm-up B: fills the table
-    bit_equal = torch.equal(ref, got)
-    a_times, b_times = [], []
+        for x in schedule:  # warm-up A
+            refs.append(step(x)[2])
+    bit_equal = all(torch.equal(step(x)[2], ref) for x, ref in zip(schedule, refs))  # warm-up B: fills
+    a_wall, b_wall, a_cpu, b_cpu, paired = [], [], [], [], []
     for r in range(repeats):
-        order = ("A", "B") if r % 2 == 0 else ("B", "A")
-        for which in order:
-            if which == "A":
-                with cache.disabled():
-                    dt, out = render()
-                a_times.append(dt / steps)
-            else:
-                dt, out = render()
-                b_times.append(dt / steps)
-            bit_equal = bit_equal and torch.equal(out, ref)
+        cache.new_render()  # what the pipeline's end-of-call reset does: B pays one probe per render
+        for i, x in enumerate(schedule):
+            # Lock-step A/B per denoising step, order alternating, so slow drifts of a shared
+            # machine hit both sides alike; the paired ratio cancels them.
+            times = {}
+            for which in (("A", "B") if (r + i) % 2 == 0 else ("B", "A")):
+                if which == "A":
+                    with cache.disabled():
+                        times["A"] = step(x)
+                else:
+                    times["B"] = step(x)
+                bit_equal = bit_equal and torch.equal(times[which][2], refs[i])
+            a_wall.append(times["A"][0])
+            b_wall.append(times["B"][0])
+            a_cpu.append(times["A"][1])
+            b_cpu.append(times["B"][1])
+            paired.append(times["A"][0] / times["B"][0])
     s = cache.stats
     entry_bytes = s.bytes // max(s.entries, 1)
     remove_modulator_cache(model)
-    a, b = statistics.median(a_times), statistics.median(b_times)
+    a, b = statistics.median(a_wall), statistics.median(b_wall)
     return {
         "model": name,
         "description": desc,
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(),
         "batch": batch,
         "steps_per_render": steps,
         "repeats": repeats,
@@ -195,9 +203,11 @@ def bench_model(name, spec, *, steps, repeats, device, dtype) -> dict:
         "modulator_param_share": round(share, 4),
         "uncached_step_ms": round(a * 1e3, 2),
         "cached_step_ms": round(b * 1e3, 2),
-        "speedup": round(a / b, 4),
-        "uncached_step_ms_all": [round(x * 1e3, 2) for x in a_times],
-        "cached_step_ms_all": [round(x * 1e3, 2) for x in b_times],
+        "speedup": round(statistics.median(paired), 4),
+        "speedup_of_medians": round(a / b, 4),
+        "speedup_cpu_time": round(statistics.median(a_cpu) / statistics.median(b_cpu), 4),
+        "uncached_step_ms_all": [round(x * 1e3, 2) for x in a_wall],
+        "cached_step_ms_all": [round(x * 1e3, 2) for x in b_wall],
         "bit_equal": bool(bit_equal),
         "hits": s.hits,
         "misses": s.misses,
@@ -223,21 +233,26 @@ def _markdown(results: list[dict], meta: dict) -> str:
     lines = [
         "# Modulator cache: per-step latency (diffusers transformers)",
         "",
-        f"Measured {meta['date']} on {meta['machine']} ({meta['threads']} intra-op threads), torch "
-        f"{meta['torch']}, diffusers {meta['diffusers']}. Command: `{meta['command']}`.",
+        f"Machine: {meta['machine']} ({meta['threads']} intra-op threads), torch {meta['torch']}, "
+        f"diffusers {meta['diffusers']}. Each row lists the command that measured it.",
         "",
-        "A = uncached, B = cached (table warm; each render pays one bitwise probe). A and B renders",
-        "alternate (ABBA) in one process after one warm-up render each; medians of per-step times.",
-        "The machine was shared with other jobs, so absolute times are noisy; the ratio is what counts.",
+        "A = uncached, B = cached (table warm; each render pays one bitwise probe). After one warm-up",
+        "render each, A and B run in lock-step per denoising step (order alternating) in one process.",
+        "speedup = median of the paired per-step ratios A/B; also shown: ratio of the medians and the",
+        "ratio of median process CPU times. The 2-core machine was shared with other jobs (load 5–7),",
+        "so absolute times are inflated and noisy; the paired ratio is the robust number.",
         "",
-        "| model | setting | params (M) | modulator param share | uncached ms/step | cached ms/step | speedup | bit-equal |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | setting | params (M) | modulator param share | uncached ms/step | cached ms/step | speedup (paired) | ratio of medians | CPU-time ratio | bit-equal | steps × repeats | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['model']} | {r['description']}; {r['device']} {r['dtype']} | {r['params_M']} | "
+            f"| {r['model']} | {r['description']}; {r['device']} {r['dtype']}, {r['threads']} thread(s) | "
+            f"{r['params_M']} | "
             f"{100 * r['modulator_param_share']:.1f} % | {r['uncached_step_ms']} | {r['cached_step_ms']} | "
-            f"**{r['speedup']:.3f}×** | {r['bit_equal']} |"
+            f"**{r['speedup']:.3f}×** | {r['speedup_of_medians']:.3f}× | {r['speedup_cpu_time']:.3f}× | "
+            f"{r['bit_equal']} | {r['steps_per_render']} × {r['repeats']} | "
+            f"`{r.get('command', '')}` |"
         )
     lines += ["", "Targets from the issue: DiT-B/2 on CPU ≥ 1.05× per step; DiT-XL/2 on an H100 ≥ 1.10×.", ""]
     return "\n".join(lines)
@@ -249,25 +264,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--gpu-xl", action="store_true", help="DiT-XL/2 256² bf16 (needs --device cuda)")
     parser.add_argument("--out", default=str(OUT_DIR / "diffusers_cache"))
+    parser.add_argument("--merge", action="store_true", help="keep rows of other models already in --out")
     args = parser.parse_args()
     unknown = set(args.models) - set(MODELS)
     if unknown:
         raise ValueError(f"--models: unknown {sorted(unknown)}; allowed: {list(MODELS)}")
     device = torch.device(args.device)
-    results = []
-    if args.gpu_xl:
-        results.append(bench_model("DiT-XL/2", GPU_XL, steps=args.steps, repeats=args.repeats, device=device,
-                                   dtype=torch.bfloat16))
-        print(json.dumps(results[-1]))
-    for name in args.models if not args.gpu_xl else []:
-        steps, repeats = args.steps, args.repeats
-        if name in ("SD3-shaped", "FLUX.1-shaped"):  # ~0.5 B params on a 2-core CPU
-            steps, repeats = max(2, steps // 2), max(2, repeats // 2)
-        results.append(bench_model(name, MODELS[name], steps=steps, repeats=repeats, device=device,
-                                   dtype=torch.float32))
-        print(json.dumps({k: v for k, v in results[-1].items() if not k.endswith("_all")}))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
     import diffusers
 
     meta = {
@@ -279,11 +288,26 @@ def main() -> None:
         "diffusers": diffusers.__version__,
         "command": "python benchmarks/diffusers_cache.py " + " ".join(os.sys.argv[1:]),
     }
-    out = Path(args.out)
-    _atomic_write(out.with_suffix(".json"), json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    _atomic_write(out.with_suffix(".md"), _markdown(results, meta))
-    print(_markdown(results, meta))
+    results: list[dict] = []
+    if args.merge and out.with_suffix(".json").exists():
+        # Keep earlier measurements of models not re-measured now (each row carries its own command).
+        results = json.loads(out.with_suffix(".json").read_text())["results"]
 
+    def record(row: dict) -> None:
+        row["command"] = meta["command"]
+        row["date"] = meta["date"]
+        results[:] = [r for r in results if (r["model"], r["device"]) != (row["model"], row["device"])] + [row]
+        print(json.dumps({k: v for k, v in row.items() if not k.endswith("_all")}), flush=True)
+        _atomic_write(out.with_suffix(".json"), json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+        _atomic_write(out.with_suffix(".md"), _markdown(results, meta))
+
+    if args.gpu_xl:
+        record(bench_model("DiT-XL/2", GPU_XL, steps=args.steps, repeats=args.repeats, device=device,
+                           dtype=torch.bfloat16))
+    for name in args.models if not args.gpu_xl else []:
+        record(bench_model(name, MODELS[name], steps=args.steps, repeats=args.repeats, device=device,
+                           dtype=torch.float32))
+    print(_markdown(results, meta))
 
 if __name__ == "__main__":
     main()
