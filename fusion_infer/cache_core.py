@@ -64,7 +64,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -177,18 +177,22 @@ class CacheCore:
         self._since_probe = 0
 
     # ----------------------------------------------------------------------------- validity
-    def validate(self) -> None:
+    def validate(self, tensors: Sequence[Tensor] | None = None) -> None:
         """Check the watched weights (fingerprint, then tripwire) and run a due probe.
 
         Call once per cached model call, before :meth:`get`. Drops the table on any change.
+        ``tensors``: the watched tensors if the caller already fetched them (else the source
+        given at construction is called).
         """
+        if tensors is None:
+            tensors = self.watcher.tensors()
         if self._snapshot is None:
-            self._snapshot = self.watcher.snapshot()
+            self._snapshot = self.watcher.snapshot(tensors)
         else:
-            reason = self.watcher.changed(self._snapshot)
+            reason = self.watcher.changed(self._snapshot, tensors)
             if reason is not None:
                 self.invalidate(reason)
-                self._snapshot = self.watcher.snapshot()
+                self._snapshot = self.watcher.snapshot(tensors)
         self._since_probe += 1
         if self._probe_pending or (
             self.probe_every is not None and self._since_probe >= self.probe_every

@@ -47,10 +47,14 @@ _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 @dataclass(frozen=True)
 class WeightSnapshot:
-    """What a :class:`WeightWatcher` recorded: the fingerprint tuple and the sampled elements."""
+    """What a :class:`WeightWatcher` recorded: the fingerprint, the sampled elements (a copy)
+    and the strided views they were read from (reused by later checks: while the fingerprint
+    is unchanged the views still address the same memory, so re-reading them is one ``cat``).
+    """
 
     fingerprint: tuple
     samples: tuple[Tensor, ...]
+    views: tuple[tuple[Tensor, ...], ...] = ()
 
 
 def _version_of(t: Tensor) -> int | None:
@@ -111,26 +115,18 @@ class WeightWatcher:
 
     @staticmethod
     def fingerprint(tensors: Sequence[Tensor]) -> tuple:
-        """``(id, data_ptr, _version, dtype, device, shape, stride, offset)`` per tensor."""
-        return tuple(
-            (
-                id(t),
-                t.data_ptr(),
-                _version_of(t),
-                t.dtype,
-                t.device,
-                tuple(t.shape),
-                t.stride(),
-                t.storage_offset(),
-            )
-            for t in tensors
-        )
+        """``(id, data_ptr, _version, dtype, shape)`` per tensor.
 
-    def _sample(self, tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        Device, strides and dtype views need new storage, hence a new ``data_ptr``; shape is
+        kept for ``set_``-style resizes of the same storage.
+        """
+        return tuple((id(t), t.data_ptr(), _version_of(t), t.dtype, t.shape) for t in tensors)
+
+    def _views(self, tensors: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], ...]:
+        """Strided views of ``samples_per_tensor`` elements per tensor, grouped by dtype/device."""
         k = self.samples_per_tensor
         if k == 0 or not tensors:
             return ()
-        # Group by (dtype, device) so the common case is one `cat` kernel; views are free.
         groups: dict[tuple, list[Tensor]] = {}
         for t in tensors:
             flat = t.detach().reshape(-1)  # a view for contiguous parameters
@@ -139,25 +135,39 @@ class WeightWatcher:
                 continue
             step = max(1, n // k)
             groups.setdefault((t.dtype, t.device), []).append(flat[::step][:k])
+        return tuple(tuple(v) for v in groups.values())
+
+    @staticmethod
+    def _read(views: tuple[tuple[Tensor, ...], ...]) -> tuple[Tensor, ...]:
         out = []
-        for (dtype, _), views in groups.items():
-            sample = torch.cat(views)
+        for group in views:
+            sample = torch.cat(group)  # one kernel per dtype/device group; a copy
             int_dtype = _INT_OF_SIZE.get(sample.element_size())
             # Compare bit patterns, not values: NaN != NaN and -0.0 == 0.0 would both mislead.
-            out.append(sample.view(int_dtype) if int_dtype is not None and dtype != torch.bool else sample)
+            if int_dtype is not None and sample.dtype != torch.bool and not sample.is_complex():
+                sample = sample.view(int_dtype)
+            out.append(sample)
         return tuple(out)
 
-    def snapshot(self) -> WeightSnapshot:
-        """Record the fingerprint and the sampled elements of the watched tensors now."""
-        ts = self.tensors()
-        return WeightSnapshot(self.fingerprint(ts), self._sample(ts))
+    def snapshot(self, tensors: Sequence[Tensor] | None = None) -> WeightSnapshot:
+        """Record the fingerprint and the sampled elements of the watched tensors now.
 
-    def changed(self, snapshot: WeightSnapshot) -> str | None:
-        """``"fingerprint"`` or ``"content"`` if the tensors differ from ``snapshot``, else None."""
-        ts = self.tensors()
+        ``tensors``: the current watched tensors if the caller already has them (saves a call
+        of the source); by default :meth:`tensors`.
+        """
+        ts = self.tensors() if tensors is None else tensors
+        views = self._views(ts)
+        return WeightSnapshot(self.fingerprint(ts), self._read(views), views)
+
+    def changed(self, snapshot: WeightSnapshot, tensors: Sequence[Tensor] | None = None) -> str | None:
+        """``"fingerprint"`` or ``"content"`` if the tensors differ from ``snapshot``, else None.
+
+        ``tensors``: as in :meth:`snapshot`.
+        """
+        ts = self.tensors() if tensors is None else tensors
         if self.fingerprint(ts) != snapshot.fingerprint:
             return "fingerprint"
-        now = self._sample(ts)
+        now = self._read(snapshot.views)
         if len(now) != len(snapshot.samples) or not all(
             torch.equal(a, b) for a, b in zip(now, snapshot.samples)
         ):
