@@ -251,7 +251,7 @@ class ModulatorCache(ModelHook):
 
         if self.config.probe == "render":
             self._note_stream(stream, t_host)
-        self.core.validate()
+        self.core.validate(self._watched_now)
         values = self.core.get(key)
         if values is None:
             values = self._compute(cond)
