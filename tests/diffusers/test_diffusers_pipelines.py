@@ -113,7 +113,9 @@ def test_second_render_replays_every_modulator_bit_equal(name):
     cache = enable_modulator_cache(pipe)
     first = _render(pipe, kwargs)
     assert cache.stats.misses == STEPS and cache.stats.hits == 0
-    # The pipeline's end-of-call maybe_free_model_hooks() reset reached the hook, the table survived.
+    # The pipeline's end-of-call maybe_free_model_hooks() reset reached the hook (a render-start
+    # probe is now pending, also for non-CacheMixin transformers) and the table survived it.
+    assert cache.core._probe_pending
     assert cache.stats.entries == STEPS
     second = _render(pipe, kwargs)
     assert cache.stats.hits == STEPS and cache.stats.misses == STEPS
