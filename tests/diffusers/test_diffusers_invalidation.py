@@ -156,3 +156,13 @@ def test_dtype_change_is_a_new_key_and_a_new_table():
     xb = {**x, "hidden_states": x["hidden_states"].to(torch.bfloat16)}
     out = _check(model, cache, xb)
     assert out.dtype == torch.bfloat16
+
+
+def test_probe_always_verifies_every_replayed_entry():
+    _, model, x = _dit_setup()
+    cache = apply_modulator_cache(model, ModulatorCacheConfig(samples_per_tensor=0, probe="always"))
+    _check(model, cache, x)
+    with torch.no_grad():
+        model.transformer_blocks[0].norm1.emb.class_embedder.embedding_table.weight.data[3, 0] += 1.0
+    _check(model, cache, x)  # label 3 is in the batch: its row changed, the hit must be refreshed
+    assert cache.stats.probe_failures == 1 and cache.stats.probes >= 2
