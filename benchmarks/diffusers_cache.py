@@ -240,7 +240,9 @@ def _markdown(results: list[dict], meta: dict) -> str:
         "render each, A and B run in lock-step per denoising step (order alternating) in one process.",
         "speedup = median of the paired per-step ratios A/B; also shown: ratio of the medians and the",
         "ratio of median process CPU times. The 2-core machine was shared with other jobs (load 5–7),",
-        "so absolute times are inflated and noisy; the paired ratio is the robust number.",
+        "so absolute times are inflated and noisy; the paired ratio is the robust number. Repeated",
+        "runs on this machine moved ratios by more than ±0.05 (DiT-S/2: 1.16× and 0.93× in two earlier",
+        "render-level runs with 2 threads, not kept), so differences of a few percent are not resolved here.",
         "",
         "| model | setting | params (M) | modulator param share | uncached ms/step | cached ms/step | speedup (paired) | ratio of medians | CPU-time ratio | bit-equal | steps × repeats | command |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -269,10 +271,15 @@ def main() -> None:
     parser.add_argument("--gpu-xl", action="store_true", help="DiT-XL/2 256² bf16 (needs --device cuda)")
     parser.add_argument("--out", default=str(OUT_DIR / "diffusers_cache"))
     parser.add_argument("--merge", action="store_true", help="keep rows of other models already in --out")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the markdown from the JSON in --out")
     args = parser.parse_args()
     unknown = set(args.models) - set(MODELS)
     if unknown:
         raise ValueError(f"--models: unknown {sorted(unknown)}; allowed: {list(MODELS)}")
+    if args.render_only:
+        saved = json.loads(Path(args.out).with_suffix(".json").read_text())
+        _atomic_write(Path(args.out).with_suffix(".md"), _markdown(saved["results"], saved["meta"]))
+        return
     device = torch.device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
