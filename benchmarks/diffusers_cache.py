@@ -239,7 +239,7 @@ def _markdown(results: list[dict], meta: dict) -> str:
         "A = uncached, B = cached (table warm; each render pays one bitwise probe). After one warm-up",
         "render each, A and B run in lock-step per denoising step (order alternating) in one process.",
         "speedup = median of the paired per-step ratios A/B; also shown: ratio of the medians and the",
-        "ratio of median process CPU times. The 2-core machine was shared with other jobs (load 5–7),",
+        "ratio of median process CPU times. The 2-core machine was shared with other jobs (load 5–15),",
         "so absolute times are inflated and noisy; the paired ratio is the robust number. Repeated",
         "runs on this machine moved ratios by more than ±0.05 (DiT-S/2: 1.16× and 0.93× in two earlier",
         "render-level runs with 2 threads, not kept), so differences of a few percent are not resolved here.",
