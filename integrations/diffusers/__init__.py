@@ -1,7 +1,8 @@
 """fusion_diffusers: a lossless adaLN modulator cache for diffusers DiT transformers and pipelines.
 
 Supported: DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel,
-FluxTransformer2DModel, AuraFlowTransformer2DModel (others are refused, naming the class).
+FluxTransformer2DModel, AuraFlowTransformer2DModel, SanaTransformer2DModel (others are refused,
+naming the class).
 
 Quick start::
 

@@ -23,6 +23,9 @@ Patterns (research/inference.md §1.1, §2; diffusers 0.42.1 source):
 * **FLUX.1** (``FluxTransformer2DModel``): ``temb = time_text_embed(1000·t, [1000·g], pooled)``;
   double blocks ``norm1.linear`` + ``norm1_context.linear`` (6·D each), single blocks
   ``norm.linear`` (3·D), ``norm_out.linear`` (2·D).
+* **Sana** (``SanaTransformer2DModel``): adaLN-single like PixArt (``time_embed`` returns
+  ``(Linear(SiLU(e)), e)``; Sana-Sprint's ``SanaCombinedTimestepGuidanceEmbeddings`` adds a
+  guidance embedding to ``e``); blocks and ``norm_out`` only add learned tables.
 * **AuraFlow** (``AuraFlowTransformer2DModel``): ``temb = time_step_proj(time_step_embed(t))``
   (timestep only, so entries are shared by all prompts); joint blocks ``norm1.linear`` +
   ``norm1_context.linear``, single blocks ``norm1.linear`` (6·D each, no bias), and
@@ -70,6 +73,12 @@ from diffusers.models.transformers.auraflow_transformer_2d import (
     AuraFlowJointTransformerBlock,
     AuraFlowPreFinalBlock,
     AuraFlowSingleTransformerBlock,
+)
+from diffusers.models.transformers.sana_transformer import (
+    SanaCombinedTimestepGuidanceEmbeddings,
+    SanaModulatedNorm,
+    SanaTransformer2DModel,
+    SanaTransformerBlock,
 )
 from diffusers.models.transformers.transformer_flux import (
     FluxSingleTransformerBlock,
@@ -150,8 +159,9 @@ class Family:
                 f"got {type(timestep).__name__}"
             )
         values = {name: arguments.get(name) for name in self.conditioning}
-        if self.name == "pixart":
+        if "batch_size" in values:  # not a forward argument: the models take it from the latents
             values["batch_size"] = hidden_states.shape[0]
+        if self.name == "pixart":
             if not model.adaln_single.emb.use_additional_conditions:
                 # PixArt-Σ-style: resolution/aspect are ignored by the embedder, so they must not
                 # split the key (t-only reuse across prompts and sizes).
@@ -370,6 +380,35 @@ def _aura_compute(model: nn.Module, cond: CallConditioning) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# Sana (adaLN-single like PixArt; Sana-Sprint adds a guidance embedding)
+
+
+def _sana_check(model: nn.Module) -> str | None:
+    emb = model.time_embed
+    if type(emb) is AdaLayerNormSingle:
+        if emb.emb.use_additional_conditions:
+            return "time_embed uses additional conditions, which SanaTransformer2DModel never passes"
+    elif type(emb) is not SanaCombinedTimestepGuidanceEmbeddings:
+        return f"time_embed is a {type(emb).__name__}"
+    for i, blk in enumerate(model.transformer_blocks):
+        if type(blk) is not SanaTransformerBlock:
+            return f"transformer_blocks.{i} is a {type(blk).__name__}, expected SanaTransformerBlock"
+    if type(model.norm_out) is not SanaModulatedNorm:
+        return "norm_out is not a SanaModulatedNorm"
+    return None
+
+
+def _sana_compute(model: nn.Module, cond: CallConditioning) -> dict[str, Any]:
+    # SanaTransformer2DModel.forward: the same two call forms of `time_embed`.
+    guidance = cond.values["guidance"]
+    if guidance is not None:
+        out = model.time_embed(cond.timestep, guidance=guidance, hidden_dtype=cond.hidden_dtype)
+    else:
+        out = model.time_embed(cond.timestep, batch_size=cond.values["batch_size"], hidden_dtype=cond.hidden_dtype)
+    return {"time_embed": tuple(out)}
+
+
 FAMILIES: dict[type, Family] = {
     fam.model_class: fam
     for fam in (
@@ -390,7 +429,7 @@ FAMILIES: dict[type, Family] = {
             block_lists=("transformer_blocks",),
             model_sites=("adaln_single",),
             block_sites=_no_block_sites,
-            conditioning=("added_cond_kwargs",),
+            conditioning=("added_cond_kwargs", "batch_size"),
             lora_scale_kwarg=None,
             compute=_pixart_compute,
             check=_pixart_check,
@@ -427,6 +466,17 @@ FAMILIES: dict[type, Family] = {
             lora_scale_kwarg="attention_kwargs",
             compute=_aura_compute,
             check=_aura_check,
+        ),
+        Family(
+            name="sana",
+            model_class=SanaTransformer2DModel,
+            block_lists=("transformer_blocks",),
+            model_sites=("time_embed",),
+            block_sites=_no_block_sites,
+            conditioning=("guidance", "batch_size"),
+            lora_scale_kwarg="attention_kwargs",
+            compute=_sana_compute,
+            check=_sana_check,
         ),
     )
 }

@@ -141,7 +141,9 @@ def compute_modulators(
         lora_scale: the per-call LoRA scale (``joint_attention_kwargs["scale"]``) for SD3/Flux.
         **conditioning: the other forward arguments the modulators depend on —
             DiT: ``class_labels``; PixArt: ``added_cond_kwargs`` and ``batch_size``;
-            SD3: ``pooled_projections``; Flux: ``pooled_projections``, ``guidance``.
+            SD3: ``pooled_projections``; Flux: ``pooled_projections``, ``guidance``;
+            Sana: ``guidance`` (Sprint), ``batch_size``; AuraFlow: none (timestep only).
+            ``batch_size`` defaults to the timestep's length.
 
     Returns:
         :class:`Modulators`; ``mods.block(path)`` is the ``mods=`` argument of that block.
@@ -160,7 +162,7 @@ def compute_modulators(
     family = resolve_family(model)
     if not isinstance(timestep, Tensor):
         raise TypeError(f"timestep must be a torch.Tensor, got {type(timestep).__name__}")
-    allowed = set(family.conditioning) | ({"batch_size"} if family.name == "pixart" else set())
+    allowed = set(family.conditioning)
     unknown = set(conditioning) - allowed
     if unknown:
         raise TypeError(
@@ -174,8 +176,9 @@ def compute_modulators(
         raise ValueError("pooled_projections is required for SD3Transformer2DModel")
     if family.name == "flux" and values["pooled_projections"] is None:
         raise ValueError("pooled_projections is required for FluxTransformer2DModel")
+    if "batch_size" in values and values["batch_size"] is None:
+        values["batch_size"] = timestep.shape[0] if timestep.dim() else 1
     if family.name == "pixart":
-        values["batch_size"] = conditioning.get("batch_size", timestep.shape[0] if timestep.dim() else 1)
         if not model.adaln_single.emb.use_additional_conditions:
             values["added_cond_kwargs"] = None
     dtype = hidden_dtype if hidden_dtype is not None else model.dtype

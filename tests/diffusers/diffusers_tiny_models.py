@@ -16,6 +16,7 @@ from diffusers import (
     DiTTransformer2DModel,
     FluxTransformer2DModel,
     PixArtTransformer2DModel,
+    SanaTransformer2DModel,
     SD3Transformer2DModel,
 )
 from torch import nn
@@ -68,6 +69,14 @@ def make_auraflow() -> nn.Module:
         sample_size=8, patch_size=2, in_channels=4, num_mmdit_layers=1, num_single_dit_layers=1,
         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=12, caption_projection_dim=16,
         out_channels=4, pos_embed_max_size=16,
+    )
+
+
+def make_sana(guidance: bool = False) -> nn.Module:
+    return SanaTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+        num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16,
+        caption_channels=12, sample_size=8, guidance_embeds=guidance,
     )
 
 
@@ -132,6 +141,18 @@ def auraflow_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 0.
     }
 
 
+def sana_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 999.0, guidance: bool = False) -> dict:
+    g = _gen(seed)
+    out = {
+        "hidden_states": torch.randn(batch, 4, 8, 8, generator=g).to(dtype),
+        "encoder_hidden_states": torch.randn(batch, 5, 12, generator=g).to(dtype),
+        "timestep": torch.full((batch,), int(t), dtype=torch.long),
+    }
+    if guidance:
+        out["guidance"] = torch.full((batch,), 4.5).to(dtype)
+    return out
+
+
 @dataclass(frozen=True)
 class Case:
     """One model configuration under test."""
@@ -151,6 +172,8 @@ CASES = [
     Case("sd35", lambda: make_sd3(True), sd3_inputs, 1000.0, 500.0),
     Case("flux_dev", lambda: make_flux(True), flux_inputs, 1.0, 0.5),
     Case("auraflow", make_auraflow, auraflow_inputs, 1.0, 0.5),
+    Case("sana", make_sana, sana_inputs, 999, 500),
+    Case("sana_sprint", lambda: make_sana(True), lambda *a, **k: sana_inputs(*a, guidance=True, **k), 999, 500),
     Case("flux_schnell", lambda: make_flux(False), lambda *a, **k: flux_inputs(*a, guidance=False, **k), 1.0, 0.5),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
