@@ -292,8 +292,8 @@ def apply_modulator_cache(transformer: nn.Module, config: ModulatorCacheConfig |
 
     Args:
         transformer: ``DiTTransformer2DModel``, ``PixArtTransformer2DModel``,
-            ``SD3Transformer2DModel`` or ``FluxTransformer2DModel`` (or a ``torch.compile``
-            wrapper of one). Any other class is refused with
+            ``SD3Transformer2DModel``, ``FluxTransformer2DModel``, ``AuraFlowTransformer2DModel``
+            or ``SanaTransformer2DModel`` (or a ``torch.compile`` wrapper of one). Any other class is refused with
             :class:`fusion_diffusers.UnsupportedModelError` naming it.
         config: :class:`ModulatorCacheConfig` (defaults when None).
 
