@@ -1,4 +1,48 @@
-"""fusion_diffusers: the modulator cache for diffusers transformers.
+"""fusion_diffusers: a lossless adaLN modulator cache for diffusers DiT transformers and pipelines.
 
-Not implemented yet (tracked by the diffusers-integration issue); importing this package gives no API.
+Supported: DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel,
+FluxTransformer2DModel, AuraFlowTransformer2DModel, SanaTransformer2DModel (others are refused,
+naming the class).
+
+Quick start::
+
+    from fusion_diffusers import enable_modulator_cache, stats
+    enable_modulator_cache(pipe)          # or apply_modulator_cache(pipe.transformer)
+    images = pipe(...).images             # bit-identical to the uncached pipeline
+    print(stats(pipe.transformer))
+
+See docs/diffusers_integration.md and docs/diffusers_support.md.
 """
+
+from .blocks import patch_blocks, unpatch_blocks
+from .config import ModulatorCacheConfig
+from .families import UnsupportedModelError, resolve_family
+from .hooks import (
+    ModulatorCache,
+    apply_modulator_cache,
+    get_modulator_cache,
+    remove_modulator_cache,
+    stats,
+)
+from .modulators import Modulators, compute_modulators
+from .pipelines import disable_modulator_cache, enable_modulator_cache
+from .verify import EquivalenceReport, verify_equivalence
+
+__all__ = [
+    "EquivalenceReport",
+    "ModulatorCache",
+    "ModulatorCacheConfig",
+    "Modulators",
+    "UnsupportedModelError",
+    "apply_modulator_cache",
+    "compute_modulators",
+    "disable_modulator_cache",
+    "enable_modulator_cache",
+    "get_modulator_cache",
+    "patch_blocks",
+    "remove_modulator_cache",
+    "resolve_family",
+    "stats",
+    "unpatch_blocks",
+    "verify_equivalence",
+]

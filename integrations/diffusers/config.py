@@ -1,0 +1,67 @@
+"""``ModulatorCacheConfig``: the settings of the diffusers modulator cache.
+
+Mirrors diffusers' own cache configs (``FirstBlockCacheConfig``, ``TaylorSeerCacheConfig`` …): a
+dataclass validated at construction, handed to :func:`fusion_diffusers.apply_modulator_cache`.
+
+Example:
+    >>> ModulatorCacheConfig(max_entries=256).probe
+    'render'
+    >>> ModulatorCacheConfig(probe="sometimes")
+    Traceback (most recent call last):
+    ...
+    ValueError: probe must be one of ('render', 'always', 'never'), got 'sometimes'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ModulatorCacheConfig", "PROBE_POLICIES"]
+
+PROBE_POLICIES = ("render", "always", "never")
+
+
+def _positive_or_none(name: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModulatorCacheConfig:
+    """Settings of the lossless modulator cache (DESIGN §4).
+
+    Attributes:
+        max_entries: most cached calls kept (LRU); one entry holds every modulator of one
+            forward call (all blocks, whole batch). ``None``: no count bound.
+        max_bytes: most bytes kept over all entries (default 1 GiB). ``None``: no byte bound.
+        samples_per_tensor: elements per watched weight compared bitwise on every call (the
+            content tripwire that catches ``.data`` writes such as ``EMAModel.copy_to``);
+            0 disables it.
+        probe: when a replayed entry is re-verified bitwise against a fresh recomputation —
+            ``"render"`` (default): at the start of each render (the pipeline's end-of-call
+            reset, :meth:`ModulatorCache.new_render`, or a timestep that does not decrease for the
+            same conditioning); ``"always"``: on every call (no speed-up, for debugging);
+            ``"never"``: rely on the fingerprint, the tripwire and explicit invalidation.
+        probe_every: additionally probe every this many calls (``None``: never by count).
+    """
+
+    max_entries: int | None = 1024
+    max_bytes: int | None = 1 << 30
+    samples_per_tensor: int = 16
+    probe: str = "render"
+    probe_every: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive_or_none("max_entries", self.max_entries)
+        _positive_or_none("max_bytes", self.max_bytes)
+        _positive_or_none("probe_every", self.probe_every)
+        if (
+            isinstance(self.samples_per_tensor, bool)
+            or not isinstance(self.samples_per_tensor, int)
+            or self.samples_per_tensor < 0
+        ):
+            raise ValueError(f"samples_per_tensor must be an int >= 0, got {self.samples_per_tensor!r}")
+        if self.probe not in PROBE_POLICIES:
+            raise ValueError(f"probe must be one of {PROBE_POLICIES}, got {self.probe!r}")

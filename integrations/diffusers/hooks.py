@@ -1,0 +1,364 @@
+"""``apply_modulator_cache`` / ``remove_modulator_cache``: the lossless modulator cache as diffusers hooks.
+
+Layout (diffusers' hooks convention, research/inference.md §3.3):
+
+* a root hook ``"fusion_modulator_cache"`` (:class:`ModulatorCache`) on the transformer builds
+  the key of each forward call from the exact bits of everything the modulators depend on
+  (timestep, class labels / pooled text / guidance / resolution-aspect conditions, hidden dtype,
+  autocast state, PEFT adapter state and the per-call LoRA scale), looks it up **outside any
+  compiled region** (``torch.compiler.disable``) and arms the slots;
+* slot hooks ``"fusion_modulator_slot"`` on every modulator module (:mod:`fusion_diffusers.slots`)
+  return the armed tensors instead of running the module.
+
+Storage, exact keys and never-stale checks are ``fusion_infer``'s :class:`~fusion_infer.CacheCore`
+(bounded LRU store with stats, weight fingerprint + content tripwire every call, bitwise probe).
+This module adds the diffusers-specific parts: which tensors are watched (the parameters and
+buffers of the modules now at the site paths, LoRA wrappers included), the PEFT state in the key,
+when a render starts (for the probe), and the bypass rules.
+
+Never stale (DESIGN §4.3) — what catches what:
+
+* ``load_state_dict``, optimizer steps, ``.to()``, replaced parameters: fingerprint
+  (``data_ptr``/``_version``/dtype/device) → table dropped;
+* ``EMAModel.copy_to``/``restore``, writes through ``.data``, PEFT ``fuse_lora``/``unfuse_lora``:
+  content tripwire (sampled elements compared bitwise on every call), PEFT ``merged_adapters``
+  state, and the bitwise probe of one recorded entry at every render start;
+* LoRA load/unload (modules replaced): slots move to the new modules and the table is dropped;
+  ``set_adapters`` weights, switching/disabling adapters, ``joint_attention_kwargs={"scale": s}``:
+  part of the key (entries for other adapter states stay valid and are reused);
+* anything else: :meth:`ModulatorCache.invalidate` / :meth:`ModulatorCache.weights_swapped`.
+
+The cache is bypassed (computed normally, counted in ``stats.bypassed``) when the transformer is in
+training mode (label dropout / LoRA dropout are random) or when autograd needs gradients of
+modulator weights.
+
+The hook is *stateful* for diffusers, so a pipeline's end-of-call ``maybe_free_model_hooks()``
+reaches :meth:`ModulatorCache.reset_state` — which keeps the cross-render table and only marks the
+start of a new render (DESIGN §4.5). No ``cache_context`` is needed.
+
+Example:
+    >>> import torch
+    >>> from diffusers import DiTTransformer2DModel
+    >>> m = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+    ...                           num_layers=1, sample_size=4, num_embeds_ada_norm=10).eval()
+    >>> cache = apply_modulator_cache(m)
+    >>> x, t, y = torch.randn(2, 4, 4, 4), torch.tensor([5, 5]), torch.tensor([1, 10])
+    >>> with torch.no_grad():
+    ...     a = m(x, timestep=t, class_labels=y).sample
+    ...     b = m(x, timestep=t, class_labels=y).sample
+    >>> torch.equal(a, b), stats(m).hits, stats(m).misses
+    (True, 1, 1)
+    >>> remove_modulator_cache(m)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from diffusers.hooks import HookRegistry, ModelHook
+from fusion_infer import CacheCore, CacheStats, bits_equal, make_key
+
+from .config import ModulatorCacheConfig
+from .families import CallConditioning, Family, unwrap_compiled
+from .modulators import compute_with_slots_empty
+from .slots import SlotTable
+
+__all__ = [
+    "CACHE_HOOK_NAME",
+    "ModulatorCache",
+    "apply_modulator_cache",
+    "remove_modulator_cache",
+    "get_modulator_cache",
+    "stats",
+]
+
+CACHE_HOOK_NAME = "fusion_modulator_cache"
+_USER = "modulator_cache"
+_MAX_STREAMS = 256
+
+
+def _is_lora_layer(module: nn.Module) -> bool:
+    return hasattr(module, "scaling") and hasattr(module, "merged_adapters") and hasattr(module, "active_adapters")
+
+
+def _clone_tree(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _clone_tree(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_clone_tree(v) for v in value)
+    return value
+
+
+class ModulatorCache(ModelHook):
+    """Root hook holding the cross-render modulator table of one transformer.
+
+    Get it from :func:`apply_modulator_cache` (or :func:`get_modulator_cache`).
+
+    Attributes:
+        core: the :class:`fusion_infer.CacheCore` (store, stats, watcher, probe).
+        config: the :class:`ModulatorCacheConfig` in use.
+    """
+
+    _is_stateful = True
+
+    def __init__(self, table: SlotTable, config: ModulatorCacheConfig) -> None:
+        super().__init__()
+        self.table = table
+        self.family: Family = table.family
+        self.config = config
+        self._watched_now: list[Tensor] = []
+        self.core = CacheCore(
+            self._watched,
+            max_entries=config.max_entries,
+            max_bytes=config.max_bytes,
+            samples_per_tensor=config.samples_per_tensor,
+            probe_every=config.probe_every,
+            recompute_probe=self._recompute_probe,
+        )
+        self._paths = list(table.sites)
+        self._disabled = 0
+        self._streams: OrderedDict[Any, float] = OrderedDict()
+        self._lora_merged: tuple | None = None
+
+    # ------------------------------------------------------------------ public controls
+
+    @property
+    def stats(self) -> CacheStats:
+        """Hits, misses, entries, bytes, evictions, invalidations (by reason), probes, bypasses."""
+        return self.core.stats
+
+    def invalidate(self, reason: str = "explicit") -> None:
+        """Drop every cached entry now."""
+        self.core.invalidate(reason)
+
+    @contextmanager
+    def weights_swapped(self) -> Iterator[None]:
+        """Context manager around code that changes weights: the table is dropped on entry and exit."""
+        with self.core.weights_swapped():
+            yield
+
+    def new_render(self) -> None:
+        """Mark the start of a render: the next call re-verifies one recorded entry bitwise."""
+        self._streams.clear()
+        self.core.request_probe()
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the transformer uncached inside this block (slots stay empty)."""
+        self._disabled += 1
+        try:
+            yield
+        finally:
+            self._disabled -= 1
+
+    # ------------------------------------------------------------------ diffusers hook API
+
+    def reset_state(self, module: nn.Module) -> nn.Module:
+        """Called by diffusers after each pipeline call: keep the table, start a new render."""
+        self.new_render()
+        return module
+
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        previous = self._enter(module, args, kwargs)
+        if previous is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        try:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            self._exit(previous)
+
+    # ------------------------------------------------------------------ internals
+
+    def _watched(self) -> list[Tensor]:
+        return self._watched_now
+
+    def _scan(self) -> tuple[list[Tensor], tuple, tuple]:
+        """Watched tensors, PEFT key state and PEFT merge state of the modules at the sites."""
+        tensors: list[Tensor] = []
+        seen: set[int] = set()
+        lora_key = []
+        lora_merged = []
+        for occupant in self.table.occupants():
+            for m in occupant.modules():
+                for t in (*m._parameters.values(), *m._buffers.values()):
+                    if t is not None and id(t) not in seen:
+                        seen.add(id(t))
+                        tensors.append(t)
+                if _is_lora_layer(m):
+                    lora_key.append(
+                        (
+                            id(m),
+                            tuple(m.active_adapters),
+                            tuple(sorted((str(k), float(v)) for k, v in m.scaling.items())),
+                            bool(m.disable_adapters),
+                        )
+                    )
+                    lora_merged.append((id(m), tuple(m.merged_adapters)))
+        return tensors, tuple(lora_key), tuple(lora_merged)
+
+    def _needs_grad(self) -> bool:
+        return torch.is_grad_enabled() and any(t.requires_grad for t in self._watched_now)
+
+    def _recompute_probe(self, cond: CallConditioning) -> tuple:
+        return self._flat(self._compute(cond))
+
+    def _compute(self, cond: CallConditioning) -> dict[str, Any]:
+        with torch.no_grad():
+            return compute_with_slots_empty(self.table.model, self.family, cond).values
+
+    def _flat(self, values: dict[str, Any]) -> tuple:
+        return tuple(values[p] for p in self._paths)
+
+    @torch.compiler.disable
+    def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        if self._disabled or module.training:
+            self.core.stats.bypassed += 1
+            return None
+        if self.table.sync():
+            self.core.invalidate("structure")
+        self._watched_now, lora_key, lora_merged = self._scan()
+        if self._needs_grad():
+            self.core.stats.bypassed += 1
+            return None
+        if self._lora_merged is not None and lora_merged != self._lora_merged:
+            self.core.invalidate("lora_merge")
+        self._lora_merged = lora_merged
+
+        cond = self.family.call_conditioning(module, args, kwargs)
+        t_host = cond.timestep.detach().to("cpu")
+        device = cond.timestep.device
+        autocast = (
+            torch.is_autocast_enabled(device.type),
+            torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None,
+        )
+        stream = make_key(
+            self.family.name,
+            cond.values,
+            cond.hidden_dtype,
+            device,
+            autocast,
+            lora_key and (lora_key, float(cond.lora_scale)),
+        )
+        key = (stream, make_key(t_host))
+
+        if self.config.probe == "render":
+            self._note_stream(stream, t_host)
+        self.core.validate(self._watched_now)
+        values = self.core.get(key)
+        if values is None:
+            values = self._compute(cond)
+            self.core.put(key, values)
+            if not self.core.has_probe:
+                self.core.expect_probe(_clone_tree(cond), self._flat(values))
+        elif self.config.probe == "always":
+            fresh = self._compute(cond)
+            self.core.stats.probes += 1
+            if not bits_equal(self._flat(fresh), self._flat(values)):
+                self.core.stats.probe_failures += 1
+                self.core.invalidate("probe")
+                self.core.put(key, fresh)
+                self.core.expect_probe(_clone_tree(cond), self._flat(fresh))
+                values = fresh
+        return self.table.arm(values)
+
+    def _note_stream(self, stream: Any, t_host: Tensor) -> None:
+        # Schedules run from high to low timesteps; a timestep that does not decrease for the
+        # same conditioning means a new render began (e.g. a raw transformer loop without a
+        # pipeline reset) -> re-verify one recorded entry bitwise before replaying.
+        tval = float(t_host.float().max()) if t_host.numel() else 0.0
+        last = self._streams.get(stream)
+        if last is None or tval >= last:
+            self.core.request_probe()
+        self._streams[stream] = tval
+        self._streams.move_to_end(stream)
+        while len(self._streams) > _MAX_STREAMS:
+            self._streams.popitem(last=False)
+
+    @torch.compiler.disable
+    def _exit(self, previous: dict[str, Any]) -> None:
+        self.table.restore(previous)
+
+
+def apply_modulator_cache(transformer: nn.Module, config: ModulatorCacheConfig | None = None) -> ModulatorCache:
+    """Put the lossless modulator cache on a diffusers transformer.
+
+    Args:
+        transformer: ``DiTTransformer2DModel``, ``PixArtTransformer2DModel``,
+            ``SD3Transformer2DModel``, ``FluxTransformer2DModel``, ``AuraFlowTransformer2DModel``
+            or ``SanaTransformer2DModel`` (or a ``torch.compile`` wrapper of one). Any other class is refused with
+            :class:`fusion_diffusers.UnsupportedModelError` naming it.
+        config: :class:`ModulatorCacheConfig` (defaults when None).
+
+    Returns:
+        The :class:`ModulatorCache` hook (``.stats``, ``.invalidate()``, ``.weights_swapped()``,
+        ``.new_render()``, ``.disabled()``).
+
+    Raises:
+        ValueError: when a modulator cache is already applied.
+
+    Example:
+        >>> from diffusers import DiTTransformer2DModel
+        >>> m = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+        ...                           num_layers=1, sample_size=4, num_embeds_ada_norm=10)
+        >>> cache = apply_modulator_cache(m, ModulatorCacheConfig(max_entries=64))
+        >>> cache.stats.entries
+        0
+        >>> remove_modulator_cache(m)
+    """
+    if config is None:
+        config = ModulatorCacheConfig()
+    if not isinstance(config, ModulatorCacheConfig):
+        raise TypeError(f"config must be a ModulatorCacheConfig or None, got {type(config).__name__}")
+    model = unwrap_compiled(transformer)
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    if registry.get_hook(CACHE_HOOK_NAME) is not None:
+        raise ValueError(
+            f"a modulator cache is already applied to this {type(model).__name__}; "
+            "call remove_modulator_cache(transformer) first"
+        )
+    table = SlotTable.acquire(model, _USER)  # raises UnsupportedModelError for unknown models
+    hook = ModulatorCache(table, config)
+    registry.register_hook(hook, CACHE_HOOK_NAME)
+    registry.invalidate_child_registries_cache()
+    return hook
+
+
+def get_modulator_cache(transformer: nn.Module) -> ModulatorCache | None:
+    """The :class:`ModulatorCache` applied to ``transformer``, or None."""
+    registry = getattr(unwrap_compiled(transformer), "_diffusers_hook", None)
+    return None if registry is None else registry.get_hook(CACHE_HOOK_NAME)
+
+
+def remove_modulator_cache(transformer: nn.Module) -> None:
+    """Remove the cache hooks (a no-op when none is applied); other hooks stay in place."""
+    model = unwrap_compiled(transformer)
+    hook = get_modulator_cache(model)
+    if hook is None:
+        return
+    model._diffusers_hook.remove_hook(CACHE_HOOK_NAME, recurse=False)
+    hook.table.release(_USER)
+    hook.core.invalidate("removed")
+    model._diffusers_hook.invalidate_child_registries_cache()
+
+
+def stats(transformer: nn.Module) -> CacheStats:
+    """The :class:`fusion_infer.CacheStats` of the cache on ``transformer``.
+
+    Raises:
+        ValueError: when no modulator cache is applied.
+    """
+    hook = get_modulator_cache(transformer)
+    if hook is None:
+        raise ValueError(
+            f"no modulator cache is applied to this {type(unwrap_compiled(transformer)).__name__}; "
+            "call apply_modulator_cache first"
+        )
+    return hook.stats
