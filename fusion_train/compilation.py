@@ -20,8 +20,8 @@ compiled attempt is safe.
 
 Example:
     >>> import torch
-    >>> f = compile_pure(torch.add, "add", backend="eager")
-    >>> f(torch.ones(2), torch.ones(2))
+    >>> f = compile_pure(lambda x: x + 1, "increment", backend="eager")
+    >>> f(torch.ones(2))
     tensor([2., 2.])
 """
 

@@ -349,7 +349,12 @@ def kl_shampoo_update_state(
     r_b = _inv_sqrt(state.d_b) if right else None
     g_qb = g @ state.q_b if right else g  # G Q_b                      (a×b)
     qa_g = state.q_a.mT @ g if left else g  # Q_aᵀ G                   (a×b)
-    p = state.q_a.mT @ g_qb if left else g_qb  # Q_aᵀ G Q_b (eigenbasis coordinates)
+    # Q_aᵀ G Q_b (eigenbasis coordinates): multiply on the short side (ab² instead of a²b for a
+    # tall G), reusing whichever one-sided product is already there.
+    if left and right:
+        p = qa_g @ state.q_b if a >= b else state.q_a.mT @ g_qb
+    else:
+        p = qa_g if left else g_qb
 
     s_a = s_b = d_a = d_b = None
     p2 = p.square()
