@@ -50,7 +50,7 @@ Example:
     >>> model = nn.Sequential(nn.Linear(32, 256), nn.GELU(), nn.Linear(256, 256), nn.Linear(256, 4))
     >>> opt = FusionOpt(build_param_groups(model), lr=1e-3)
     >>> loss = model(torch.randn(8, 32)).square().mean()
-    >>> loss.backward(); opt.step(loss=loss); opt.zero_grad()
+    >>> loss.backward(); _ = opt.step(loss=loss); opt.zero_grad()
     >>> opt.eval()   # parameters now hold the averaged weights x (validate / export here)
     >>> opt.train()  # back to y before the next step
 """
