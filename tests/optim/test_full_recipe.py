@@ -75,7 +75,7 @@ def test_kl_factors_and_update_match_dense_float64_reference():
 
 
 def test_first_step_seeds_only_spectral_params_scalar_params_step(tiny_dit):
-    opt = FusionOpt(build_param_groups(tiny_dit), lr=2e-3, recipe="full")
+    opt = FusionOpt(build_param_groups(tiny_dit), lr=2e-3, recipe="full", hot_dtype="fp32")
     spectral = [p for g in opt.param_groups if g["group_type"] == "spectral" for p in g["params"]]
     scalar = [p for g in opt.param_groups if g["group_type"] == "scalar" for p in g["params"]]
     before = {p: p.detach().clone() for p in tiny_dit.parameters()}
@@ -211,7 +211,7 @@ def test_mona_lite_keeps_bf16_buffers(tiny_dit):
 
 
 def test_nonfinite_first_step_leaves_initial_state_and_training_continues(tiny_dit):
-    opt = FusionOpt(build_param_groups(tiny_dit), lr=2e-3, recipe="full")
+    opt = FusionOpt(build_param_groups(tiny_dit), lr=2e-3, recipe="full", hot_dtype="fp32")
     before = [p.detach().clone() for p in tiny_dit.parameters()]
     loss = _loss(tiny_dit, make_batches(1)[0])
     loss.backward()
@@ -227,8 +227,10 @@ def test_nonfinite_first_step_leaves_initial_state_and_training_continues(tiny_d
     assert not torch.equal(before[0], next(tiny_dit.parameters()))
 
 
-def test_full_recipe_step_does_not_synchronise_with_the_host(tiny_dit, monkeypatch):
-    opt = FusionOpt(build_param_groups(tiny_dit), lr=2e-3, recipe="full", polyak="relative", precondition_frequency=1)
+def test_full_recipe_step_does_not_synchronise_with_the_host(monkeypatch):
+    tiny_dit = _small_dit()
+    opt = FusionOpt(build_param_groups(tiny_dit), lr=2e-3, recipe="full", polyak="relative",
+                    precondition_frequency=1, hot_dtype="fp32")
     batches = make_batches(3)
 
     def forbidden(*a, **k):
@@ -251,9 +253,12 @@ def test_full_recipe_step_does_not_synchronise_with_the_host(tiny_dit, monkeypat
 
 
 def _regression_run(dtype: torch.dtype, steps: int) -> list[float]:
+    # fp32 parameters use fp32 Newton–Schulz (bf16 matmuls are slow on CPU); bf16 parameters
+    # run the default bf16 hot dtype, which is the point of that case.
+    hot = "fp32" if dtype == torch.float32 else "bf16"
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 128), nn.GELU(), nn.Linear(128, 128), nn.GELU(), nn.Linear(128, 4)).to(dtype)
-    opt = FusionOpt(build_param_groups(model), lr=3e-3, recipe="full", warmup_steps=20)
+    opt = FusionOpt(build_param_groups(model), lr=3e-3, recipe="full", warmup_steps=20, hot_dtype=hot)
     W = torch.randn(16, 4)
     gen = torch.Generator().manual_seed(0)
     losses = []
@@ -268,13 +273,13 @@ def _regression_run(dtype: torch.dtype, steps: int) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_full_recipe_trains_with_finite_decreasing_loss(dtype):
-    losses = torch.tensor(_regression_run(dtype, 300))
+@pytest.mark.parametrize("dtype,steps", [(torch.float32, 300), (torch.bfloat16, 200)], ids=["fp32", "bf16"])
+def test_full_recipe_trains_with_finite_decreasing_loss(dtype, steps):
+    losses = torch.tensor(_regression_run(dtype, steps))
     assert torch.isfinite(losses).all()
     first, last = losses[:20].mean(), losses[-20:].mean()
     assert last < 0.35 * first, (first, last)
-    assert losses[150:170].mean() > last  # still improving in the second half
+    assert losses[steps // 2 : steps // 2 + 20].mean() > last  # still improving in the second half
 
 
 # ---------------------------------------------------------------- compile
@@ -396,4 +401,5 @@ def test_shampoo_without_ns5_with_allow_unbounded_preconditions_directly():
     cfg = KLShampooConfig(beta=0.9, precondition_frequency=4, eps=1e-30, factor_dtype=F64)
     seeded = kl_shampoo_seed(grads[0], kl_shampoo_init_state((7, 5), cfg), cfg)
     directions, _ = _reference_run(grads, cfg, seeded, beta1=0.9)
-    torch.testing.assert_close(params[1], -0.1 * directions[0], rtol=1e-8, atol=1e-10)
+    # the step size passes through the fp32 gate tensor: 0.1 is rounded to fp32 (rel. 1.5e-8)
+    torch.testing.assert_close(params[1], -0.1 * directions[0], rtol=1e-6, atol=1e-10)

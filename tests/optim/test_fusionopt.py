@@ -28,7 +28,7 @@ def _train(model, opt, batches):
 RESUME_CASES = [
     dict(recipe="sf-normuon", polyak="relative", warmup_steps=4, weight_decay=0.01),
     dict(recipe="full", polyak="relative", weight_decay=0.01, precondition_frequency=2, hot_dtype="fp32"),
-    dict(recipe="full", mona_lite=True, precondition_frequency=3),
+    dict(recipe="full", mona_lite=True, precondition_frequency=3, hot_dtype="fp32"),
     dict(recipe="sf-normuon", polyak="sfplus", normuon_scale="preserve_norm", hot_dtype="fp32"),
     dict(recipe="muon", hot_dtype="fp32"),
     dict(recipe="sf-adamw", warmup_steps=3),
