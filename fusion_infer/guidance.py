@@ -45,7 +45,7 @@ Example:
     >>> tfg = SelectiveTFG([term], n_iter=4, gamma=0.1)
     >>> sigmas = torch.linspace(1, 0, 11)
     >>> tfg.step_weights(sigmas)[0].tolist()[:3], tfg.step_weights(sigmas)[0].tolist()[-2:]
-    ([1.0, 1.0, 1.0], [0.0, 0.0])
+    ([1.0, 1.0, 1.0], [1.0, 0.0])
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ def step_weight_schedule(sigmas: Tensor, window: tuple[float, float], kind: str 
 
     Example:
         >>> s = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
-        >>> step_weight_schedule(s, (0.0, 1.0), "increase").tolist()
-        [0.0, 1.3333333730697754, 1.3333333730697754, 1.3333333730697754]
+        >>> [round(v, 3) for v in step_weight_schedule(s, (0.0, 1.0), "increase").tolist()]
+        [0.0, 1.043, 1.391, 1.565]
         >>> step_weight_schedule(s, (0.3, 0.8), "constant").tolist()
         [0.0, 1.0, 1.0, 0.0]
     """
