@@ -9,7 +9,12 @@ import math
 import pytest
 import torch
 
-from fusion_infer.closed_loop import compare_errors, control_error, loudness_extractor, rising_pause_falling
+from fusion_infer.closed_loop import (
+    compare_errors,
+    control_error,
+    loudness_extractor,
+    rising_pause_falling,
+)
 
 
 def test_loudness_is_the_total_mel_power_in_db():
