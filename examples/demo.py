@@ -38,6 +38,7 @@ from demo_models import (  # noqa: E402  (examples/ is not a package)
     BASE_CONFIG,
     HEAD_CONFIG,
     TrainSettings,
+    base_model_samples,
     load_checkpoint,
     save_checkpoint,
     settings_key,
@@ -73,6 +74,7 @@ class DemoSettings:
     synthetic_frames: int = 256
     base: TrainSettings = field(default_factory=lambda: TrainSettings(steps=300, batch=16, lr=2e-3))
     head: TrainSettings = field(default_factory=lambda: TrainSettings(steps=300, batch=16, lr=1e-2))
+    pool: int = 64  # base-model samples added to the head's training set
     steps: int = 40
     sampler: str = "euler"
     seeds: int = 4
@@ -117,7 +119,7 @@ def trained_models(
     digest = hashlib.sha256(latents.numpy().tobytes()).hexdigest()[:16]
     key = settings_key(
         base=BASE_CONFIG.to_dict(), head=HEAD_CONFIG.to_dict(), b=asdict(settings.base), h=asdict(settings.head),
-        data=digest, torch=torch.__version__,
+        pool=settings.pool, data=digest, torch=torch.__version__,
     )
     folder = resolve_cache_root(cache_dir) / "demo_models" / key
     base_path, head_path = folder / "base.safetensors", folder / "loudness_head.safetensors"
@@ -135,7 +137,12 @@ def trained_models(
     def standardised_loudness(x: torch.Tensor) -> torch.Tensor:
         return (extractor(x)[:, :1] - stats["mean"]) / stats["std"]
 
-    head, head_losses = train_loudness_head(latents, standardised_loudness, data.latent_std, settings.head, log)
+    # LatCH-B-style: the head also sees the base model's own (off-manifold) samples, labelled by
+    # the exact extractor (demo_models.base_model_samples explains why).
+    pool = base_model_samples(base, settings.pool, latents.shape[-1])
+    head, head_losses = train_loudness_head(
+        torch.cat([latents, pool]), standardised_loudness, data.latent_std, settings.head, log
+    )
     save_checkpoint(base_path, base, {"objective": "rectified_flow", "final_loss": base_losses[-1]})
     save_checkpoint(
         head_path,

@@ -24,6 +24,7 @@ def tiny_settings() -> demo.DemoSettings:
         synthetic_frames=32,
         base=demo_models.TrainSettings(steps=2, batch=2),
         head=demo_models.TrainSettings(steps=2, batch=2),
+        pool=2,
         steps=3,
         seeds=2,
         rho=0.5,
