@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) examples/train_with_fusionopt.py
+	$(PY) examples/demo.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,18 +1,25 @@
-"""fusion_infer: control-head model, the ``mods=None`` protocol and the TimeConditioningCache."""
+"""fusion_infer: control-head and base-DiT models, the ``mods=None`` protocol, the
+TimeConditioningCache, rectified-flow samplers and selective TFG guidance."""
 
+from .base_dit import BaseDiT, base_dit_config
 from .bounded_store import BoundedStore, CacheStats
 from .cache import TimeConditioningCache
 from .cache_core import CacheCore, bits_equal
+from .closed_loop import compare_errors, control_error, loudness_extractor, rising_pause_falling
 from .control_head import AdaLNZeroBlock, ControlHead, ControlHeadConfig, FinalLayer
 from .exact_keys import dedupe, float_bits, make_key, row_bits, row_keys, tensor_bits, tensor_key
+from .guidance import HeadGuidance, SelectiveTFG, step_weight_schedule
 from .head_cost import HeadCost, head_cost
 from .modulators import Modulators, chunked_modulator_table, split_modulator_table
+from .render_caches import RenderCaches
 from .rotary import apply_rotary, rotary_tables
+from .sampling import SampleResult, rf_sigmas, sample
 from .timestep_embedding import TimestepEmbedder, sinusoidal_features, validate_timesteps
 from .weight_watch import WeightSnapshot, WeightWatcher
 
 __all__ = [
     "AdaLNZeroBlock",
+    "BaseDiT",
     "BoundedStore",
     "CacheCore",
     "CacheStats",
@@ -20,23 +27,35 @@ __all__ = [
     "ControlHeadConfig",
     "FinalLayer",
     "HeadCost",
+    "HeadGuidance",
     "Modulators",
+    "RenderCaches",
+    "SampleResult",
+    "SelectiveTFG",
     "TimeConditioningCache",
     "TimestepEmbedder",
     "WeightSnapshot",
     "WeightWatcher",
     "apply_rotary",
+    "base_dit_config",
     "bits_equal",
     "chunked_modulator_table",
+    "compare_errors",
+    "control_error",
     "dedupe",
     "float_bits",
     "head_cost",
+    "loudness_extractor",
     "make_key",
-    "row_bits",
+    "rf_sigmas",
+    "rising_pause_falling",
     "rotary_tables",
+    "row_bits",
     "row_keys",
+    "sample",
     "sinusoidal_features",
     "split_modulator_table",
+    "step_weight_schedule",
     "tensor_bits",
     "tensor_key",
     "validate_timesteps",
