@@ -17,11 +17,10 @@ import argparse
 import copy
 
 import torch
+from _report import environment, interleaved_medians, md_table, write_report
 
 from fusion_infer import ControlHead, ControlHeadConfig
 from fusion_train import FusionOpt, build_param_groups, orthogonalize
-
-from _report import environment, interleaved_medians, md_table, write_report
 
 
 def make_head(seed: int = 0) -> ControlHead:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 
 import torch
+from _report import OUT_DIR, environment, md_table, write_report
 
 from fusion_infer import ControlHead, ControlHeadConfig
 from fusion_train import FusionOpt, build_param_groups
 from fusion_train.data import synthetic_data
-
-from _report import OUT_DIR, environment, md_table, write_report
 
 
 def run(mode: str, data, steps: int, seed: int = 0) -> dict:
