@@ -5,12 +5,21 @@ from .base_dit import BaseDiT, base_dit_config
 from .bounded_store import BoundedStore, CacheStats
 from .cache import TimeConditioningCache
 from .cache_core import CacheCore, bits_equal
+from .checkpoint import (
+    CHECKPOINT_FORMAT_VERSION,
+    CheckpointError,
+    LoadedHead,
+    TargetScaling,
+    load_head,
+    read_metadata,
+)
 from .closed_loop import compare_errors, control_error, loudness_extractor, rising_pause_falling
 from .control_head import AdaLNZeroBlock, ControlHead, ControlHeadConfig, FinalLayer
 from .exact_keys import dedupe, float_bits, make_key, row_bits, row_keys, tensor_bits, tensor_key
 from .guidance import HeadGuidance, SelectiveTFG, step_weight_schedule
 from .head_cost import HeadCost, head_cost
 from .modulators import Modulators, chunked_modulator_table, split_modulator_table
+from .noise_schedules import NOISE_SCHEDULES, NoiseSchedule, get_noise_schedule
 from .render_caches import RenderCaches
 from .rotary import apply_rotary, rotary_tables
 from .sampling import SampleResult, rf_sigmas, sample
@@ -18,6 +27,15 @@ from .timestep_embedding import TimestepEmbedder, sinusoidal_features, validate_
 from .weight_watch import WeightSnapshot, WeightWatcher
 
 __all__ = [
+    "CHECKPOINT_FORMAT_VERSION",
+    "NOISE_SCHEDULES",
+    "CheckpointError",
+    "LoadedHead",
+    "NoiseSchedule",
+    "TargetScaling",
+    "get_noise_schedule",
+    "load_head",
+    "read_metadata",
     "AdaLNZeroBlock",
     "BaseDiT",
     "BoundedStore",

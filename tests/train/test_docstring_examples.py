@@ -1,0 +1,25 @@
+"""The docstring examples of the training/export/checkpoint modules run and print what they claim."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "fusion_infer.noise_schedules",
+    "fusion_infer.checkpoint",
+    "fusion_train.losses",
+    "fusion_train.diversity",
+    "fusion_train.training",
+    "fusion_train.export",
+    "fusion_train.telemetry",
+    "fusion_train.cli",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_examples(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples that write files write here
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+
