@@ -9,6 +9,7 @@ from .head_cost import HeadCost, head_cost
 from .modulators import Modulators, chunked_modulator_table, split_modulator_table
 from .rotary import apply_rotary, rotary_tables
 from .timestep_embedding import TimestepEmbedder, sinusoidal_features, validate_timesteps
+from .weight_offload import ResidentReport, WeightOffload, parameter_bytes
 from .weight_watch import WeightSnapshot, WeightWatcher
 
 __all__ = [
@@ -23,6 +24,9 @@ __all__ = [
     "Modulators",
     "TimeConditioningCache",
     "TimestepEmbedder",
+    "ResidentReport",
+    "WeightOffload",
+    "parameter_bytes",
     "WeightSnapshot",
     "WeightWatcher",
     "apply_rotary",
