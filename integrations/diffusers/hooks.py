@@ -177,15 +177,19 @@ class ModulatorCache(ModelHook):
         if self.offload is None:
             off._tensors = watched  # nothing rests elsewhere: a report of the status quo
         if execution_device is None:
-            ids = {id(t) for t in watched}
-            execution_device = next(
-                (p.device for p in self.table.model.parameters() if id(p) not in ids),
-                torch.device("cpu"),
-            )
+            execution_device = self.execution_device(watched)
         report = off.report(self.table.model, execution_device)
         if self.offload is None:
             report = ResidentReport(**{**report.__dict__, "offload_device": "none", "same_device": True})
         return report
+
+    def execution_device(self, watched: list[Tensor] | None = None) -> torch.device:
+        """Where the transformer runs: the device of its first parameter that is not a
+        modulator weight."""
+        if watched is None:
+            watched = self._scan()[0]
+        ids = {id(t) for t in watched}
+        return next((p.device for p in self.table.model.parameters() if id(p) not in ids), torch.device("cpu"))
 
     @contextmanager
     def streaming(self, device: torch.device | str) -> Iterator[None]:
@@ -214,7 +218,12 @@ class ModulatorCache(ModelHook):
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         previous = self._enter(module, args, kwargs)
         if previous is None:
-            return self.fn_ref.original_forward(*args, **kwargs)
+            if self.offload is None:
+                return self.fn_ref.original_forward(*args, **kwargs)
+            # Uncached call (``disabled()``): the modulator modules run, so their offloaded
+            # weights are streamed to the execution device for this call.
+            with self.streaming(self.execution_device()):
+                return self.fn_ref.original_forward(*args, **kwargs)
         try:
             return self.fn_ref.original_forward(*args, **kwargs)
         finally:
@@ -271,6 +280,12 @@ class ModulatorCache(ModelHook):
 
     @torch.compiler.disable
     def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        if module.training and self.offload is not None:
+            raise RuntimeError(
+                "the modulator cache with offload_weights=True cannot run a training-mode forward "
+                "(modulator weights rest on the offload device); call transformer.eval(), or "
+                "remove_modulator_cache(transformer) before training"
+            )
         if self._disabled or module.training:
             self.core.stats.bypassed += 1
             return None
@@ -284,6 +299,12 @@ class ModulatorCache(ModelHook):
             # park them again; the fingerprint sees the new storage and drops the table.
             self.offload.park(self._watched_now)
         if self._needs_grad():
+            if self.offload is not None:
+                raise RuntimeError(
+                    "the modulator cache with offload_weights=True cannot give gradients of modulator "
+                    "weights (they rest on the offload device); run under torch.no_grad(), freeze them "
+                    "with requires_grad_(False), or remove_modulator_cache(transformer)"
+                )
             self.core.stats.bypassed += 1
             return None
         if self._lora_merged is not None and lora_merged != self._lora_merged:

@@ -238,3 +238,18 @@ def test_precompute_of_pipeline_schedule_makes_render_all_hits():
     rendered = _render(pipe, kwargs)
     assert cache.stats.misses == 0 and cache.stats.hits == STEPS  # precompute fills without counting
     assert torch.equal(rendered, reference)
+
+
+def test_disabled_calls_stream_and_training_calls_are_refused():
+    model = build(CASE_BY_NAME["sd3"])
+    x = _step_inputs("sd3", 500.0)
+    reference = forward(model, x)
+    cache = apply_modulator_cache(model, OFFLOAD)
+    with cache.disabled():
+        assert torch.equal(forward(model, x), reference)
+    assert cache.stats.bypassed == 1 and cache.stats.entries == 0
+    with pytest.raises(RuntimeError, match="no_grad"):
+        model(**x)  # autograd through modulator weights resting off the device
+    model.train()
+    with pytest.raises(RuntimeError, match="eval"), torch.no_grad():
+        model(**x)
