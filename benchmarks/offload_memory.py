@@ -258,6 +258,9 @@ def markdown(data: dict) -> str:
                      f"{r['precompute_s']:.3f}", f"{r['overhead_ratio']:.2%}", r["offloaded_render_bit_equal"]]
                     for r in timings]),
           "", "Notes:", "",
+          "* Offloaded = every slot site: the modulator Linears plus the embedders feeding them "
+          "(DiT: its 28 per-block t+class embedders, 77.8 M params, hence 40.5 % vs 30.1 % for the "
+          "Linears alone in research/inference.md §1.2; SD3/Flux: `time_text_embed`).",
           "* Timings were taken on a shared 2-core CPU under heavy load from other jobs (load average "
           "~10); the ratio is A/B interleaved in one process, so drifts hit both sides.",
           "* On the CPU the offload and execution devices coincide: the precompute column is the "
