@@ -24,6 +24,7 @@ from .render_caches import RenderCaches
 from .rotary import apply_rotary, rotary_tables
 from .sampling import SampleResult, rf_sigmas, sample
 from .timestep_embedding import TimestepEmbedder, sinusoidal_features, validate_timesteps
+from .weight_offload import ResidentReport, WeightOffload, parameter_bytes
 from .weight_watch import WeightSnapshot, WeightWatcher
 
 __all__ = [
@@ -52,6 +53,9 @@ __all__ = [
     "SelectiveTFG",
     "TimeConditioningCache",
     "TimestepEmbedder",
+    "ResidentReport",
+    "WeightOffload",
+    "parameter_bytes",
     "WeightSnapshot",
     "WeightWatcher",
     "apply_rotary",

@@ -56,6 +56,7 @@ from .cache_core import CacheCore
 from .exact_keys import dedupe, row_keys
 from .modulators import Modulators, split_modulator_table
 from .timestep_embedding import canonical_time_dtype, validate_timesteps
+from .weight_offload import ResidentReport, WeightOffload
 
 __all__ = ["TimeConditioningCache"]
 
@@ -78,6 +79,11 @@ class TimeConditioningCache:
         samples_per_tensor: content-tripwire elements per watched parameter (0 disables it).
         on_grad: ``"bypass"`` (default) or ``"raise"`` when called with grad enabled while a
             modulator parameter or ``cond`` requires grad.
+        offload_weights: keep :meth:`ControlHead.modulator_parameters` resting on
+            ``offload_device`` and stream them to the head's device only to compute rows (a miss,
+            a probe, :meth:`warm`); cached steps run with no modulator weight on the device
+            (:mod:`fusion_infer.weight_offload`). Undone by :meth:`restore_weights`.
+        offload_device: where offloaded weights rest (default ``"cpu"``).
 
     Example:
         >>> from fusion_infer import ControlHead
@@ -98,6 +104,8 @@ class TimeConditioningCache:
         probe_every: int | None = 200,
         samples_per_tensor: int = 16,
         on_grad: str = "bypass",
+        offload_weights: bool = False,
+        offload_device: torch.device | str = "cpu",
     ) -> None:
         model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
         for attr in ("modulator_rows", "prepare_conditions", "modulator_parameters", "config"):
@@ -108,6 +116,19 @@ class TimeConditioningCache:
                 )
         if on_grad not in _ON_GRAD:
             raise ValueError(f"on_grad must be one of {_ON_GRAD}, got {on_grad!r}")
+        if not isinstance(offload_weights, bool):
+            raise TypeError(f"offload_weights must be a bool, got {type(offload_weights).__name__}")
+        #: :class:`~fusion_infer.WeightOffload` when ``offload_weights``, else None.
+        self.offload: WeightOffload | None = None
+        if offload_weights:
+            try:
+                device = torch.device(offload_device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"offload_device must be a device such as 'cpu', got {offload_device!r}") from None
+            if device.type == "meta":
+                raise ValueError("offload_device must hold real data ('cpu', 'cuda:1', ...), got 'meta'")
+            self.offload = WeightOffload(device)
+            self.offload.park(model.modulator_parameters())
         self.model = model
         self.on_grad = on_grad
         self.core = CacheCore(
@@ -181,7 +202,35 @@ class TimeConditioningCache:
     # ------------------------------------------------------------------------- lookups
     def _recompute(self, inputs: tuple[Tensor, Tensor | None]) -> Tensor:
         with torch.no_grad(), torch.inference_mode(False):
-            return self.model.modulator_rows(*inputs)
+            if self.offload is None:
+                return self.model.modulator_rows(*inputs)
+            with self.offload.streamed(inputs[0].device):
+                return self.model.modulator_rows(*inputs)
+
+    def _park(self, params: list[Tensor]) -> None:
+        # model.to() or replaced parameters put modulator weights back on a device: park them
+        # again (new storage: the fingerprint drops the table, as it would for any .to()).
+        if self.offload is not None:
+            self.offload.park(params)
+
+    def resident_report(self) -> ResidentReport:
+        """Parameter bytes on the head's device with and without the modulator weights."""
+        off = self.offload
+        if off is None:
+            off = WeightOffload(self.model.device)
+            off._tensors = self.model.modulator_parameters()
+        return off.report(self.model, self.model.device)
+
+    def restore_weights(self) -> None:
+        """Move offloaded modulator weights back to the head's device and stop offloading."""
+        if self.offload is None:
+            return
+        with torch.no_grad():
+            for p in self.offload.tensors:
+                if p.device.type != "meta":
+                    p.data = p.data.to(self.model.device)
+        self.offload = None
+        self.core.invalidate("restore_weights")
 
     def _sentinel(self) -> tuple[Tensor, Tensor | None]:
         m = self.model
@@ -240,7 +289,13 @@ class TimeConditioningCache:
         params = self.model.modulator_parameters()
         if self._must_bypass(params, cond):
             self.core.stats.bypassed += 1
+            if self.offload is not None:
+                raise RuntimeError(
+                    "TimeConditioningCache(offload_weights=True) cannot bypass: the modulator weights "
+                    "rest on the offload device. Call cache.restore_weights() before training."
+                )
             return None
+        self._park(params)
         self.core.validate(params)
         return self._gather(t, cond, retry=True)
 
@@ -299,7 +354,9 @@ class TimeConditioningCache:
             (41, 0)
         """
         tt, cc = self.model.prepare_conditions(t_values, cond, None if cond is None else cond.shape[0])
-        self.core.validate()
+        params = self.model.modulator_parameters()
+        self._park(params)
+        self.core.validate(params)
         keys = self._keys(tt, cc)
         distinct, _ = dedupe(keys)
         cap = self.core.store.max_entries

@@ -25,7 +25,9 @@ from .hooks import (
     stats,
 )
 from .modulators import Modulators, compute_modulators
+from .offload import ResidentReport
 from .pipelines import disable_modulator_cache, enable_modulator_cache
+from .precompute import PrecomputeReport, precompute
 from .verify import EquivalenceReport, verify_equivalence
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "ModulatorCache",
     "ModulatorCacheConfig",
     "Modulators",
+    "PrecomputeReport",
+    "ResidentReport",
     "UnsupportedModelError",
     "apply_modulator_cache",
     "compute_modulators",
@@ -40,6 +44,7 @@ __all__ = [
     "enable_modulator_cache",
     "get_modulator_cache",
     "patch_blocks",
+    "precompute",
     "remove_modulator_cache",
     "resolve_family",
     "stats",

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 __all__ = ["ModulatorCacheConfig", "PROBE_POLICIES"]
 
 PROBE_POLICIES = ("render", "always", "never")
@@ -45,6 +47,11 @@ class ModulatorCacheConfig:
             same conditioning); ``"always"``: on every call (no speed-up, for debugging);
             ``"never"``: rely on the fingerprint, the tripwire and explicit invalidation.
         probe_every: additionally probe every this many calls (``None``: never by count).
+        offload_weights: keep the modulator modules' weights on ``offload_device`` and stream them
+            to the execution device only to compute modulators (a cache miss, a probe,
+            :func:`fusion_diffusers.precompute`); steps that hit the cache run with no modulator
+            weight on the execution device (:mod:`fusion_diffusers.offload`).
+        offload_device: where offloaded modulator weights rest (default ``"cpu"``; not ``"meta"``).
     """
 
     max_entries: int | None = 1024
@@ -52,6 +59,8 @@ class ModulatorCacheConfig:
     samples_per_tensor: int = 16
     probe: str = "render"
     probe_every: int | None = None
+    offload_weights: bool = False
+    offload_device: str | torch.device = "cpu"
 
     def __post_init__(self) -> None:
         _positive_or_none("max_entries", self.max_entries)
@@ -65,3 +74,13 @@ class ModulatorCacheConfig:
             raise ValueError(f"samples_per_tensor must be an int >= 0, got {self.samples_per_tensor!r}")
         if self.probe not in PROBE_POLICIES:
             raise ValueError(f"probe must be one of {PROBE_POLICIES}, got {self.probe!r}")
+        if not isinstance(self.offload_weights, bool):
+            raise TypeError(f"offload_weights must be a bool, got {type(self.offload_weights).__name__}")
+        try:
+            device = torch.device(self.offload_device)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"offload_device must be a torch.device or device string such as 'cpu', got {self.offload_device!r}"
+            ) from None
+        if device.type == "meta":
+            raise ValueError("offload_device must hold real data ('cpu', 'cuda:1', ...), got 'meta'")

@@ -67,6 +67,7 @@ from fusion_infer import CacheCore, CacheStats, bits_equal, make_key
 from .config import ModulatorCacheConfig
 from .families import CallConditioning, Family, unwrap_compiled
 from .modulators import compute_with_slots_empty
+from .offload import ResidentReport, WeightOffload, refuse_offload_hooks
 from .slots import SlotTable
 
 __all__ = [
@@ -127,6 +128,12 @@ class ModulatorCache(ModelHook):
         self._disabled = 0
         self._streams: OrderedDict[Any, float] = OrderedDict()
         self._lora_merged: tuple | None = None
+        #: :class:`fusion_diffusers.offload.WeightOffload` when ``config.offload_weights``, else None.
+        self.offload: WeightOffload | None = None
+        if config.offload_weights:
+            self.offload = WeightOffload(config.offload_device)
+            self.offload.park(self._scan()[0])
+        self._streaming = False
 
     # ------------------------------------------------------------------ public controls
 
@@ -159,6 +166,48 @@ class ModulatorCache(ModelHook):
         finally:
             self._disabled -= 1
 
+    def resident_report(self, execution_device: torch.device | str | None = None) -> ResidentReport:
+        """Parameter bytes on the execution device with and without the modulator weights.
+
+        ``execution_device`` defaults to the device of the transformer's first parameter that is
+        not a modulator weight. Without offload the "after" figure equals the "before" one.
+        """
+        watched, _, _ = self._scan()
+        off = self.offload if self.offload is not None else WeightOffload("meta")
+        if self.offload is None:
+            off._tensors = watched  # nothing rests elsewhere: a report of the status quo
+        if execution_device is None:
+            execution_device = self.execution_device(watched)
+        report = off.report(self.table.model, execution_device)
+        if self.offload is None:
+            report = ResidentReport(**{**report.__dict__, "offload_device": "none", "same_device": True})
+        return report
+
+    def execution_device(self, watched: list[Tensor] | None = None) -> torch.device:
+        """Where the transformer runs: the device of its first parameter that is not a
+        modulator weight."""
+        if watched is None:
+            watched = self._scan()[0]
+        ids = {id(t) for t in watched}
+        return next((p.device for p in self.table.model.parameters() if id(p) not in ids), torch.device("cpu"))
+
+    @contextmanager
+    def streaming(self, device: torch.device | str) -> Iterator[None]:
+        """Stream the offloaded modulator weights to ``device`` for the whole block.
+
+        Used by :func:`fusion_diffusers.precompute` so a schedule streams them once; a no-op
+        without offload.
+        """
+        if self.offload is None or self._streaming:
+            yield
+            return
+        with self.offload.streamed(device):
+            self._streaming = True
+            try:
+                yield
+            finally:
+                self._streaming = False
+
     # ------------------------------------------------------------------ diffusers hook API
 
     def reset_state(self, module: nn.Module) -> nn.Module:
@@ -169,7 +218,12 @@ class ModulatorCache(ModelHook):
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         previous = self._enter(module, args, kwargs)
         if previous is None:
-            return self.fn_ref.original_forward(*args, **kwargs)
+            if self.offload is None:
+                return self.fn_ref.original_forward(*args, **kwargs)
+            # Uncached call (``disabled()``): the modulator modules run, so their offloaded
+            # weights are streamed to the execution device for this call.
+            with self.streaming(self.execution_device()):
+                return self.fn_ref.original_forward(*args, **kwargs)
         try:
             return self.fn_ref.original_forward(*args, **kwargs)
         finally:
@@ -204,6 +258,11 @@ class ModulatorCache(ModelHook):
                     lora_merged.append((id(m), tuple(m.merged_adapters)))
         return tensors, tuple(lora_key), tuple(lora_merged)
 
+    def _hook_sites(self) -> list[nn.Module]:
+        model = self.table.model
+        blocks = [b for name in self.family.block_lists for b in getattr(model, name, ())]
+        return [*self.table.occupants(), *blocks]
+
     def _needs_grad(self) -> bool:
         return torch.is_grad_enabled() and any(t.requires_grad for t in self._watched_now)
 
@@ -211,7 +270,9 @@ class ModulatorCache(ModelHook):
         return self._flat(self._compute(cond))
 
     def _compute(self, cond: CallConditioning) -> dict[str, Any]:
-        with torch.no_grad():
+        # With offload, modulator weights are streamed to the timestep's device for this
+        # computation only (a no-op inside `streaming`, which already holds them there).
+        with torch.no_grad(), self.streaming(cond.timestep.device):
             return compute_with_slots_empty(self.table.model, self.family, cond).values
 
     def _flat(self, values: dict[str, Any]) -> tuple:
@@ -219,13 +280,31 @@ class ModulatorCache(ModelHook):
 
     @torch.compiler.disable
     def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        if module.training and self.offload is not None:
+            raise RuntimeError(
+                "the modulator cache with offload_weights=True cannot run a training-mode forward "
+                "(modulator weights rest on the offload device); call transformer.eval(), or "
+                "remove_modulator_cache(transformer) before training"
+            )
         if self._disabled or module.training:
             self.core.stats.bypassed += 1
             return None
         if self.table.sync():
             self.core.invalidate("structure")
         self._watched_now, lora_key, lora_merged = self._scan()
+        if self.offload is not None and not self._streaming:
+            # Offloading hooks added after the cache would fight over the same weights.
+            refuse_offload_hooks(self.table.model, self._hook_sites())
+            # Something (model.to(), a LoRA load) may have put modulator weights back on a device:
+            # park them again; the fingerprint sees the new storage and drops the table.
+            self.offload.park(self._watched_now)
         if self._needs_grad():
+            if self.offload is not None:
+                raise RuntimeError(
+                    "the modulator cache with offload_weights=True cannot give gradients of modulator "
+                    "weights (they rest on the offload device); run under torch.no_grad(), freeze them "
+                    "with requires_grad_(False), or remove_modulator_cache(transformer)"
+                )
             self.core.stats.bypassed += 1
             return None
         if self._lora_merged is not None and lora_merged != self._lora_merged:
@@ -234,20 +313,7 @@ class ModulatorCache(ModelHook):
 
         cond = self.family.call_conditioning(module, args, kwargs)
         t_host = cond.timestep.detach().to("cpu")
-        device = cond.timestep.device
-        autocast = (
-            torch.is_autocast_enabled(device.type),
-            torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None,
-        )
-        stream = make_key(
-            self.family.name,
-            cond.values,
-            cond.hidden_dtype,
-            device,
-            autocast,
-            lora_key and (lora_key, float(cond.lora_scale)),
-        )
-        key = (stream, make_key(t_host))
+        stream, key = self._key(cond, t_host, lora_key)
 
         if self.config.probe == "render":
             self._note_stream(stream, t_host)
@@ -268,6 +334,54 @@ class ModulatorCache(ModelHook):
                 self.core.expect_probe(_clone_tree(cond), self._flat(fresh))
                 values = fresh
         return self.table.arm(values)
+
+    def _key(self, cond: CallConditioning, t_host: Tensor, lora_key: tuple) -> tuple[Any, Any]:
+        device = cond.timestep.device
+        autocast = (
+            torch.is_autocast_enabled(device.type),
+            torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None,
+        )
+        stream = make_key(
+            self.family.name,
+            cond.values,
+            cond.hidden_dtype,
+            device,
+            autocast,
+            lora_key and (lora_key, float(cond.lora_scale)),
+        )
+        return stream, (stream, make_key(t_host))
+
+    def prepare(self) -> tuple:
+        """Run the checks of a forward call (structure, offload parking, PEFT state, weight
+        fingerprint, tripwire, due probe) before :meth:`fill`; returns the PEFT key state.
+
+        Call it outside :meth:`streaming`: the watched weights must be at rest when checked.
+        """
+        if self.table.sync():
+            self.core.invalidate("structure")
+        self._watched_now, lora_key, lora_merged = self._scan()
+        if self.offload is not None:
+            refuse_offload_hooks(self.table.model, self._hook_sites())
+            self.offload.park(self._watched_now)
+        if self._lora_merged is not None and lora_merged != self._lora_merged:
+            self.core.invalidate("lora_merge")
+        self._lora_merged = lora_merged
+        self.core.validate(self._watched_now)
+        return lora_key
+
+    def fill(self, cond: CallConditioning, lora_key: tuple) -> bool:
+        """Compute and store the entry for one call's conditioning unless present; True if computed.
+
+        ``lora_key`` comes from :meth:`prepare`; the key equals the one a forward call builds.
+        """
+        _, key = self._key(cond, cond.timestep.detach().to("cpu"), lora_key)
+        if key in self.core.store:
+            return False
+        values = self._compute(cond)
+        self.core.put(key, values)
+        if not self.core.has_probe:
+            self.core.expect_probe(_clone_tree(cond), self._flat(values))
+        return True
 
     def _note_stream(self, stream: Any, t_host: Tensor) -> None:
         # Schedules run from high to low timesteps; a timestep that does not decrease for the
@@ -324,6 +438,8 @@ def apply_modulator_cache(transformer: nn.Module, config: ModulatorCacheConfig |
             f"a modulator cache is already applied to this {type(model).__name__}; "
             "call remove_modulator_cache(transformer) first"
         )
+    if config.offload_weights:
+        refuse_offload_hooks(model)
     table = SlotTable.acquire(model, _USER)  # raises UnsupportedModelError for unknown models
     hook = ModulatorCache(table, config)
     registry.register_hook(hook, CACHE_HOOK_NAME)
@@ -344,6 +460,13 @@ def remove_modulator_cache(transformer: nn.Module) -> None:
     if hook is None:
         return
     model._diffusers_hook.remove_hook(CACHE_HOOK_NAME, recurse=False)
+    if hook.offload is not None:
+        # Bring the modulator weights back to where the rest of the model runs.
+        home = hook.resident_report().execution_device
+        with torch.no_grad():
+            for t in hook.offload.tensors:
+                if t.device.type != "meta":
+                    t.data = t.data.to(home)
     hook.table.release(_USER)
     hook.core.invalidate("removed")
     model._diffusers_hook.invalidate_child_registries_cache()

@@ -160,29 +160,7 @@ def compute_modulators(
     """
     model = unwrap_compiled(transformer)
     family = resolve_family(model)
-    if not isinstance(timestep, Tensor):
-        raise TypeError(f"timestep must be a torch.Tensor, got {type(timestep).__name__}")
-    allowed = set(family.conditioning)
-    unknown = set(conditioning) - allowed
-    if unknown:
-        raise TypeError(
-            f"compute_modulators got unexpected conditioning {sorted(unknown)} for "
-            f"{type(model).__name__}; allowed: {sorted(allowed)}"
-        )
-    values = {name: conditioning.get(name) for name in family.conditioning}
-    if family.name == "dit" and values["class_labels"] is None:
-        raise ValueError("class_labels is required for DiTTransformer2DModel (allowed: a LongTensor of labels)")
-    if family.name == "sd3" and values["pooled_projections"] is None:
-        raise ValueError("pooled_projections is required for SD3Transformer2DModel")
-    if family.name == "flux" and values["pooled_projections"] is None:
-        raise ValueError("pooled_projections is required for FluxTransformer2DModel")
-    if "batch_size" in values and values["batch_size"] is None:
-        values["batch_size"] = timestep.shape[0] if timestep.dim() else 1
-    if family.name == "pixart":
-        if not model.adaln_single.emb.use_additional_conditions:
-            values["added_cond_kwargs"] = None
-    dtype = hidden_dtype if hidden_dtype is not None else model.dtype
-    cond = CallConditioning(timestep=timestep, values=values, hidden_dtype=dtype, lora_scale=lora_scale)
+    cond = conditioning_for(model, family, timestep, hidden_dtype, lora_scale, conditioning)
     return compute_with_slots_empty(model, family, cond)
 
 
@@ -203,3 +181,40 @@ def compute_with_slots_empty(model: nn.Module, family: Family, cond: CallConditi
         if table is not None:
             table.restore(previous)
 
+
+def conditioning_for(
+    model: nn.Module,
+    family: Family,
+    timestep: Tensor,
+    hidden_dtype: torch.dtype | None,
+    lora_scale: float,
+    conditioning: dict[str, Any],
+) -> CallConditioning:
+    """Validate user-given conditioning and build the :class:`CallConditioning` a forward would.
+
+    Raises ``TypeError``/``ValueError`` naming the argument and the allowed values.
+    """
+    if not isinstance(timestep, Tensor):
+        raise TypeError(f"timestep must be a torch.Tensor, got {type(timestep).__name__}")
+    allowed = set(family.conditioning)
+    unknown = set(conditioning) - allowed
+    if unknown:
+        raise TypeError(
+            f"got unexpected conditioning {sorted(unknown)} for "
+            f"{type(model).__name__}; allowed: {sorted(allowed)}"
+        )
+    values = {name: conditioning.get(name) for name in family.conditioning}
+    if family.name == "dit" and values["class_labels"] is None:
+        raise ValueError("class_labels is required for DiTTransformer2DModel (allowed: a LongTensor of labels)")
+    if family.name == "sd3" and values["pooled_projections"] is None:
+        raise ValueError("pooled_projections is required for SD3Transformer2DModel")
+    if family.name == "flux" and values["pooled_projections"] is None:
+        raise ValueError("pooled_projections is required for FluxTransformer2DModel")
+    if "batch_size" in values and values["batch_size"] is None:
+        values["batch_size"] = timestep.shape[0] if timestep.dim() else 1
+    if family.name == "pixart":
+        if not model.adaln_single.emb.use_additional_conditions:
+            values["added_cond_kwargs"] = None
+    dtype = hidden_dtype if hidden_dtype is not None else model.dtype
+    cond = CallConditioning(timestep=timestep, values=values, hidden_dtype=dtype, lora_scale=lora_scale)
+    return cond

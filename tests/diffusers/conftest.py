@@ -1,7 +1,14 @@
 """Shared settings for the diffusers-integration tests."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# pytest runs with --import-mode=importlib (pyproject), which does not put test directories on
+# sys.path; the tests here import their shared helpers (diffusers_tiny_models) by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(autouse=True)
