@@ -5,7 +5,7 @@ from .cache import TimeConditioningCache
 from .cache_core import CacheCore, bits_equal
 from .control_head import AdaLNZeroBlock, ControlHead, ControlHeadConfig, FinalLayer
 from .exact_keys import dedupe, float_bits, make_key, row_bits, row_keys, tensor_bits, tensor_key
-from .head_cost import HeadCost, head_cost
+from .head_cost import CostItem, HeadCost, head_cost, head_cost_items
 from .modulators import Modulators, chunked_modulator_table, split_modulator_table
 from .rotary import apply_rotary, rotary_tables
 from .timestep_embedding import TimestepEmbedder, sinusoidal_features, validate_timesteps
@@ -19,6 +19,7 @@ __all__ = [
     "ControlHead",
     "ControlHeadConfig",
     "FinalLayer",
+    "CostItem",
     "HeadCost",
     "Modulators",
     "TimeConditioningCache",
@@ -31,6 +32,7 @@ __all__ = [
     "dedupe",
     "float_bits",
     "head_cost",
+    "head_cost_items",
     "make_key",
     "row_bits",
     "rotary_tables",
