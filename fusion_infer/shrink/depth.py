@@ -52,7 +52,7 @@ def uniform_keep(depth: int, n_blocks: int) -> list[int]:
 
     Example:
         >>> uniform_keep(6, 3), uniform_keep(28, 14)[:4]
-        ([0, 2, 5], [0, 2, 4, 6])
+        ([0, 3, 5], [0, 2, 4, 6])
     """
     if n_blocks == 1:
         return [0]
