@@ -5,20 +5,61 @@ Example:
     >>> groups = build_param_groups(model)            # doctest: +SKIP
     >>> print(summarise_groups(groups))               # doctest: +SKIP
     >>> opt = FusionOpt(groups, lr=1e-3, recipe="sf-normuon")  # doctest: +SKIP
+
+Control-head training: :func:`train_head` (:class:`HeadTrainConfig`), :func:`export_checkpoint`
+(averaged weights; read back with ``fusion_infer.load_head``), :func:`save_training_state` /
+:func:`load_training_state`, diversity training (:class:`DiversityConfig`).
 """
 
+from .diversity import DiversityConfig, DiversityLoss, derivative_correlation
+from .export import (
+    averaged_state_dict,
+    export_checkpoint,
+    load_training_state,
+    save_training_state,
+)
+from .losses import task_loss
 from .newton_schulz import orthogonalize
 from .optimizer import FusionOpt, lr_shape_scale
 from .recipes import COMPONENTS, RECIPES, resolve_components
 from .routing import build_param_groups, summarise_groups
+from .telemetry import TelemetryWriter, read_telemetry
+from .training import (
+    TRAIN_RECIPES,
+    HeadTrainConfig,
+    TrainResult,
+    averaged_weights,
+    fit,
+    make_optimizer,
+    train_head,
+    validate_head,
+)
 
 __all__ = [
     "COMPONENTS",
     "RECIPES",
+    "TRAIN_RECIPES",
+    "DiversityConfig",
+    "DiversityLoss",
     "FusionOpt",
+    "HeadTrainConfig",
+    "TelemetryWriter",
+    "TrainResult",
+    "averaged_state_dict",
+    "averaged_weights",
     "build_param_groups",
+    "derivative_correlation",
+    "export_checkpoint",
+    "fit",
+    "load_training_state",
     "lr_shape_scale",
+    "make_optimizer",
     "orthogonalize",
+    "read_telemetry",
     "resolve_components",
+    "save_training_state",
     "summarise_groups",
+    "task_loss",
+    "train_head",
+    "validate_head",
 ]
