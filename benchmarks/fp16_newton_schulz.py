@@ -14,11 +14,10 @@ from __future__ import annotations
 import math
 
 import torch
+from _report import environment, md_table, write_report
 
 from fusion_train import orthogonalize
 from fusion_train.newton_schulz import COEFFICIENTS
-
-from _report import environment, md_table, write_report
 
 
 def instrumented_ns(X: torch.Tensor, coefficients: str) -> tuple[torch.Tensor, float]:
