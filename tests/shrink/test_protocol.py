@@ -69,3 +69,17 @@ def test_shrunk_head_trains():
     loss = model(x, t).square().mean()
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["depth_importance", "width_half", "depth_and_width"])
+def test_export_and_load_through_the_checkpoint_format(variants, name, tmp_path):
+    from fusion_infer import load_head
+    from fusion_train import export_checkpoint
+
+    model = variants[name]
+    path = export_checkpoint(model, None, tmp_path / f"{name}.safetensors", step=0)
+    loaded = load_head(path)
+    assert loaded.model.config == model.config
+    assert loaded.metadata["model_config"] == model.config.to_dict()
+    x, t = models.batch()
+    assert torch.equal(loaded.model(x, t), model(x, t))
