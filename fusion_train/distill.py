@@ -202,7 +202,9 @@ def distill(
     Args:
         student: the head to train (e.g. from :func:`fusion_infer.shrink.shrink_depth` /
             :func:`~fusion_infer.shrink.shrink_width`); its weights are the starting point.
-        teacher: the unshrunk head (not modified; run under ``no_grad`` in eval mode).
+        teacher: the unshrunk head; its weights are not modified (run under ``no_grad`` in eval
+            mode, its train/eval mode restored afterwards), but it is moved to ``config.device`` /
+            ``config.dtype`` like the student.
         data: a :class:`~fusion_train.data.ReferenceData` (``split``, ``standardize_controls``,
             ``control_names/mean/std``), the data the teacher was trained on.
         recipe: optimizer recipe (:data:`fusion_train.training.TRAIN_RECIPES`).
