@@ -190,39 +190,58 @@ def main() -> None:
         f"Parent block importance (output change when bypassed): {', '.join(f'{v:.4f}' for v in imp)}.",
         "",
         f"![quality vs cost]({png.name})",
+        "",
+        "What this says about the seed material's open question 4 (depth vs width): see "
+        "`docs/shrink.md`, section *Measured trade-off*.",
     ]
     write_report("shrink_tradeoff", out, "\n".join(md))
 
 
 def plot(rows: dict, path):
+    """Two panels: every point (zero-shot included), and a zoom on the trained children."""
+    import os
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for kind, marker in (("zero_shot", "x"), ("fine_tuned", "o"), ("distilled", "s")):
-        xs = [r["flops_ratio"] for r in rows.values() if kind in r]
-        ys = [r[kind] for r in rows.values() if kind in r]
-        ax.scatter(xs, ys, marker=marker, label=kind.replace("_", "-"))
-    for name, r in rows.items():
-        ax.annotate(name, (r["flops_ratio"], r.get("distilled", r["fine_tuned"])), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.axhline(rows["parent"]["fine_tuned"], color="grey", lw=0.8, ls="--", label="parent (continued)")
-    ax.set_xlabel("FLOPs per forward / parent")
-    ax.set_ylabel("validation median MAE (dB, lower is better)")
-    ax.set_title("Control-head shrink: quality vs cost")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    kinds = (("zero_shot", "x", "C0"), ("fine_tuned", "o", "C1"), ("distilled", "s", "C2"))
+    for ax, shown in ((axes[0], kinds), (axes[1], kinds[1:])):
+        for kind, marker, color in shown:
+            xs = [r["flops_ratio"] for r in rows.values() if kind in r]
+            ys = [r[kind] for r in rows.values() if kind in r]
+            ax.scatter(xs, ys, marker=marker, color=color, label=kind.replace("_", "-"))
+        ax.axhline(rows["parent"]["fine_tuned"], color="grey", lw=0.8, ls="--", label="parent (continued)")
+        ax.set_xlabel("FLOPs per forward / parent")
+        ax.set_ylabel("validation median MAE (dB, lower is better)")
+    for i, (name, r) in enumerate(rows.items()):
+        y = min(v for k, v in r.items() if k in ("fine_tuned", "distilled"))
+        axes[1].annotate(name, (r["flops_ratio"], y), fontsize=7, xytext=(6, -10 - 9 * (i % 3)),
+                         textcoords="offset points")
+    axes[0].set_title("all variants (zero-shot = shrunk, no training)")
+    axes[1].set_title("after equal-step fine-tune / distillation")
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    import os
-
     os.replace(tmp, path)
     return path
 
 
+def replot() -> None:
+    """Redraw the PNG from the committed JSON (no training)."""
+    import json
+
+    rows = json.loads((OUT_DIR / "shrink_tradeoff.json").read_text())["results"]
+    print("wrote", plot(rows, OUT_DIR / "shrink_tradeoff.png"))
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    replot() if sys.argv[1:] == ["--replot"] else main()
