@@ -35,7 +35,14 @@ from fusion_infer.noise_schedules import get_noise_schedule
 from fusion_infer.shrink import block_importance, count_cost, shrink_depth, shrink_width
 from fusion_train.data import ReferenceDataConfig, build_reference_data
 from fusion_train.distill import distill
-from fusion_train.training import HeadTrainConfig, ValidationSet, t_grid, train_head, validate_head
+from fusion_train.training import (
+    DEFAULT_LR,
+    HeadTrainConfig,
+    ValidationSet,
+    t_grid,
+    train_head,
+    validate_head,
+)
 
 FULL = dict(
     data=dict(), dim=256, heads=8, freq_dim=256, parent_steps=2000, child_steps=500, batch=16,
@@ -63,6 +70,8 @@ def main() -> None:
     # One intra-op thread: on the shared, oversubscribed 2-core box two threads made a training
     # step ~10x slower (0.3 s vs 3-4 s measured for the reduced head) through contention.
     torch.set_num_threads(args.threads)
+    if cfg["lr"] is None:  # record the learning rate that actually runs
+        cfg["lr"] = DEFAULT_LR["sf-normuon"]
     t_start = time.perf_counter()
     torch.manual_seed(0)
 
@@ -179,7 +188,7 @@ def main() -> None:
         "",
         f"Configuration: {'reduced' if args.reduced else 'full'} — parent ControlHead dim {cfg['dim']}, depth 6, "
         f"heads {cfg['heads']}; data {len(data)} excerpts × {frames} frames ({cfg['data'] or 'default'}); "
-        f"parent {cfg['parent_steps']} steps, every child {cfg['child_steps']} steps (sf-normuon, batch "
+        f"parent {cfg['parent_steps']} steps, every child {cfg['child_steps']} steps (sf-normuon, lr {cfg['lr']}, batch "
         f"{cfg['batch']}); validation median MAE in dB over {len(cfg['val_seeds'])} noise seed(s) × "
         f"{cfg['val_t_buckets']} t-buckets. Timing: forward of {cfg['timing_batch']} × {frames} frames, "
         f"{cfg['timing_repeats']} interleaved repeats, median, on a shared 2-core CPU under heavy load. "
