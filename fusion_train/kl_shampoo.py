@@ -94,6 +94,8 @@ import torch
 
 __all__ = [
     "KLShampooConfig",
+    "kl_shampoo_gated_seed",
+    "kl_shampoo_gated_step",
     "KLShampooState",
     "kl_shampoo_init_state",
     "kl_shampoo_precondition",
@@ -451,3 +453,53 @@ def kl_shampoo_step(
     """
     direction = kl_shampoo_precondition(momentum, state, config)
     return direction, kl_shampoo_update_state(grad, state, config, refresh=refresh)
+
+
+def _keep_where_skipped(gate: torch.Tensor, new: KLShampooState, old: KLShampooState) -> KLShampooState:
+    keep = gate <= 0
+    return KLShampooState(
+        *(None if n is None else torch.where(keep, o, n) for n, o in zip(new, old))
+    )
+
+
+def kl_shampoo_gated_seed(
+    grad: torch.Tensor, state: KLShampooState, config: KLShampooConfig, gate: torch.Tensor
+) -> KLShampooState:
+    """:func:`kl_shampoo_seed`, returning the old ``state`` where the 0-d ``gate`` is 0.
+
+    For optimizers that skip non-finite steps without a host synchronisation: a skipped seed
+    leaves the initial state (zero factors, identity bases, ``d = init_factor``), from which the
+    next :func:`kl_shampoo_gated_step` starts like an identity-seeded KL-Shampoo.
+
+    Example:
+        >>> cfg = KLShampooConfig()
+        >>> st0 = kl_shampoo_init_state((3, 2), cfg)
+        >>> kl_shampoo_gated_seed(torch.ones(3, 2), st0, cfg, torch.zeros(())).s_a.abs().sum()
+        tensor(0.)
+    """
+    return _keep_where_skipped(gate, kl_shampoo_seed(grad, state, config), state)
+
+
+def kl_shampoo_gated_step(
+    grad: torch.Tensor,
+    momentum: torch.Tensor,
+    state: KLShampooState,
+    config: KLShampooConfig,
+    gate: torch.Tensor,
+    *,
+    refresh: bool,
+) -> tuple[torch.Tensor, KLShampooState]:
+    """:func:`kl_shampoo_step` whose state update is undone where the 0-d ``gate`` is 0.
+
+    The direction is always computed (the caller multiplies the parameter update by the gate).
+
+    Example:
+        >>> cfg = KLShampooConfig()
+        >>> g = torch.randn(4, 6)
+        >>> st = kl_shampoo_seed(g, kl_shampoo_init_state(g.shape, cfg), cfg)
+        >>> _, new = kl_shampoo_gated_step(g, g, st, cfg, torch.zeros(()), refresh=True)
+        >>> all(torch.equal(x, y) for x, y in zip(new, st))
+        True
+    """
+    direction, new = kl_shampoo_step(grad, momentum, state, config, refresh=refresh)
+    return direction, _keep_where_skipped(gate, new, state)

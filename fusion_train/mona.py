@@ -77,6 +77,7 @@ __all__ = [
     "DEFAULT_MONA_BETA",
     "MonaConfig",
     "default_mona_alpha",
+    "mona_gated_step",
     "mona_init_buffers",
     "mona_transform",
     "validate_mona_alpha",
@@ -252,3 +253,45 @@ def mona_transform(
     accel.copy_(new_accel)
     prev_grad.copy_(grad)
     return out
+
+
+def mona_gated_step(
+    grad: torch.Tensor,
+    accel: torch.Tensor,
+    prev_grad: torch.Tensor,
+    seen: torch.Tensor,
+    gate: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Out-of-place MONA for an optimizer that skips steps without a host synchronisation.
+
+    The same rule as :func:`mona_transform`, with the first-step decision and the skip carried
+    by 0/1 tensors instead of a Python bool: ``seen`` (0-d, 1 once a gradient has been recorded)
+    and ``gate`` (0-d, 0 when the whole step is being skipped)::
+
+        A' = lerp(A, G − G_prev, (1−β)·seen·gate)     # = A on a first or skipped step
+        G̃  = G + α·A'                                 # = G on a first step (A is still zero)
+        G_prev' = G where gate else G_prev ;  seen' = max(seen, gate)
+
+    so a skipped *first* step does not make the next step's difference ``G − 0`` (the spike the
+    earlier FusionOpt had). Returns ``(G̃ (fp32), A', G_prev', seen')`` with the buffers in their
+    own dtypes (bf16 for MONA-Lite); the caller stores them. Pure, so it can be compiled.
+
+    Example:
+        >>> g = torch.tensor([1.0, 2.0]); one, zero = torch.ones(()), torch.zeros(())
+        >>> a, p = mona_init_buffers(g)
+        >>> out, a, p, seen = mona_gated_step(g, a, p, zero, one, alpha=-1.0, beta=0.5)
+        >>> out, seen
+        (tensor([1., 2.]), tensor(1.))
+        >>> mona_gated_step(2 * g, a, p, seen, one, alpha=-1.0, beta=0.5)[0]
+        tensor([1.5000, 3.0000])
+    """
+    g32 = grad.to(torch.float32)
+    weight = (1.0 - beta) * seen.to(torch.float32) * gate.to(torch.float32)
+    new_accel = torch.lerp(accel.to(torch.float32), g32 - prev_grad.to(torch.float32), weight)
+    out = torch.add(g32, new_accel, alpha=alpha)
+    new_prev = torch.where(gate > 0, grad.to(prev_grad.dtype), prev_grad)
+    new_seen = torch.maximum(seen, gate.to(seen.dtype))
+    return out, new_accel.to(accel.dtype), new_prev, new_seen

@@ -1,13 +1,24 @@
 """FusionOpt: Newton–Schulz/NorMuon directions for hidden matrices, Schedule-Free averaging, an
-optional Polyak step — composed from the component modules of this package.
+optional Polyak step, MONA and KL-Shampoo — composed from the component modules of this package.
 
 Per step, for parameter groups routed by :func:`fusion_train.build_param_groups`:
 
 spectral group (2-D hidden matrices, conv kernels flattened to ``(out, in·kh·kw)``)::
 
-    M ← μ·M + (1−μ)·G                        EMA momentum (Nesterov: use lerp(G, M, μ))
-    O = NS5(M)                                ns5: batched over all same-shape matrices, see newton_schulz.py
+    A ← β_a·A + (1−β_a)·(G − G_prev) ; G̃ = G + α·A    mona (mona.py; no difference term on a
+                                                      parameter's first step), else G̃ = G
+    M ← μ·M + (1−μ)·G̃                        EMA momentum (Nesterov: use lerp(G̃, M, μ))
+    P = S_a^{-1/2} M S_b^{-1/2}               shampoo: KL-Shampoo (kl_shampoo.py), from the factors
+                                              *before* this step, which are then updated with the
+                                              raw G:  S_a ← β·S_a + (1−β)/b·G S_b⁻¹ Gᵀ,
+                                                      S_b ← β·S_b + (1−β)/a·Gᵀ S_a⁻¹ G ;
+                                              else P = M
+    O = NS5(P)                                ns5: batched over all same-shape matrices, see newton_schulz.py
     U = NorMuon(O)  or  O·shape_scale         normuon: row-normalised, RMS 0.2 ("match_rms"), see normuon.py
+
+With ``shampoo`` a spectral parameter's first step only seeds the KL factors (the authors'
+algorithm): its momentum, NorMuon statistics and value stay as they are (MONA records G₁). The
+scalar group steps from step 1 on. Without ``ns5`` (``allow_unbounded=True``) U = P.
 
 scalar group (biases, norms, embeddings, input/output projections, small matrices)::
 
@@ -24,7 +35,13 @@ Without ``sf`` the update is applied to p directly (``p ← p(1 − η_t·λ) �
 ``recipe="muon"`` is torch.optim.Muon's algorithm.
 
 No host synchronisation happens inside ``step()`` (with ``nonfinite="skip"``): a non-finite gradient
-or loss turns the whole step into a no-op through a 0/1 gate tensor and is counted in telemetry.
+or loss turns the whole step into a no-op through a 0/1 gate tensor and is counted in telemetry;
+MONA buffers and KL factors are gated too. A skipped *first* step leaves the KL state at its
+initial value (zero factors, identity bases), so that parameter's next step updates it from there
+instead of seeding (an identity-seeded start); MONA still skips the difference term then.
+
+``compile=True`` compiles the pure per-shape-batch functions (Newton–Schulz, the KL step, MONA)
+with ``torch.compile(dynamic=False)`` and falls back to eager with a warning (compilation.py).
 
 Example:
     >>> import torch
@@ -40,12 +57,30 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
+from .compilation import compile_pure
+from .kl_shampoo import (
+    KLShampooConfig,
+    KLShampooState,
+    kl_shampoo_gated_seed,
+    kl_shampoo_gated_step,
+    kl_shampoo_init_state,
+    kl_shampoo_refresh_due,
+)
+from .mona import (
+    DEFAULT_MONA_BETA,
+    default_mona_alpha,
+    mona_gated_step,
+    mona_init_buffers,
+    validate_mona_alpha,
+    validate_mona_beta,
+)
 from .newton_schulz import COEFFICIENTS, orthogonalize, resolve_hot_dtype, validate_softening
 from .normuon import NORMUON_SCALES, normuon_rows
 from .polyak import POLYAK_MODES, PolyakState
@@ -97,7 +132,8 @@ class FusionOpt(torch.optim.Optimizer):
             (2-D with ``min(shape) >= 128`` → spectral).
         lr: base learning rate for both groups (``match_rms`` scaling makes one value work for both).
         recipe: ``"sf-normuon"`` (default: ns5 + normuon + sf), ``"muon"`` (ns5), ``"sf-adamw"``
-            (sf only: everything takes the scalar path), ``"full"``.
+            (sf only: everything takes the scalar path), ``"muon+mona"`` (ns5 + mona),
+            ``"full"`` (ns5 + normuon + sf + mona + shampoo).
         components: an explicit component set instead of ``recipe``.
         betas: ``(β, β₂)``: with ``sf``, β is the Schedule-Free interpolation; without it, Adam's β₁.
         eps: Adam epsilon of the scalar path.
@@ -118,6 +154,28 @@ class FusionOpt(torch.optim.Optimizer):
         r, weight_lr_power: Schedule-Free averaging weights ``w_t = t^r·η_max^p``.
         nonfinite: ``"skip"`` a step whose gradients (or loss) are not finite, or ``"raise"``.
         allow_unbounded: permit ``shampoo`` without ``ns5``.
+        mona_alpha, mona_beta: MONA's α and β_a (arXiv 2605.26842 as reconstructed by public
+            reimplementations; see mona.py for what is uncertain). ``mona_alpha=None`` means
+            ``−1/(2(1−β_a))`` (−20 at the default β_a = 0.975); α must be > −1/(1−β_a).
+        mona_lite: keep MONA's two buffers in bf16 (MONA-Lite); the arithmetic stays fp32.
+        shampoo_beta: EMA decay of the KL-Shampoo factors and eigenvalues, in [0, 1).
+        precondition_frequency: refresh the KL eigenbases (one power iteration + QR, fp32) every
+            this many steps after the seed.
+        max_precond_dim: a matrix side longer than this uses the identity on that side (no
+            factor, no state); see docs/benchmarks/component_profile.md for the cost trade-off.
+        shampoo_eps: KL-Shampoo damping in ``1/(√(d_a·d_b) + eps)``.
+        compile: compile the per-shape-batch functions with ``torch.compile`` (eager fallback).
+
+    Example (the full recipe; a spectral parameter's first step only seeds KL-Shampoo):
+        >>> import torch
+        >>> from torch import nn
+        >>> from fusion_train import build_param_groups
+        >>> model = nn.Sequential(nn.Linear(16, 128), nn.GELU(), nn.Linear(128, 128), nn.Linear(128, 4))
+        >>> opt = FusionOpt(build_param_groups(model), lr=1e-3, recipe="full", hot_dtype="fp32")
+        >>> w0 = model[2].weight.detach().clone()
+        >>> model(torch.randn(8, 16)).square().mean().backward(); opt.step(); opt.zero_grad()
+        >>> torch.equal(model[2].weight, w0), "kl_s_a" in opt.state[model[2].weight]
+        (True, True)
     """
 
     def __init__(
@@ -148,6 +206,14 @@ class FusionOpt(torch.optim.Optimizer):
         weight_lr_power: float = 2.0,
         nonfinite: str = "skip",
         allow_unbounded: bool = False,
+        mona_alpha: float | None = None,
+        mona_beta: float = DEFAULT_MONA_BETA,
+        mona_lite: bool = False,
+        shampoo_beta: float = 0.95,
+        precondition_frequency: int = 10,
+        max_precond_dim: int = 2048,
+        shampoo_eps: float = 1e-8,
+        compile: bool = False,
     ) -> None:
         comps = resolve_components(recipe, components, allow_unbounded=allow_unbounded)
         sf = "sf" in comps
@@ -183,15 +249,48 @@ class FusionOpt(torch.optim.Optimizer):
             raise ValueError(f"warmup_steps must be a non-negative int, got {warmup_steps!r}")
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
+        mona_beta = validate_mona_beta(mona_beta, name="mona_beta")
+        mona_alpha = (
+            default_mona_alpha(mona_beta) if mona_alpha is None
+            else validate_mona_alpha(mona_alpha, mona_beta, name="mona_alpha")
+        )
+        if not isinstance(mona_lite, bool):
+            raise TypeError(f"mona_lite must be a bool, got {type(mona_lite).__name__}")
+        if isinstance(shampoo_beta, bool) or not isinstance(shampoo_beta, (int, float)):
+            raise TypeError(f"shampoo_beta must be a real number in [0, 1), got {type(shampoo_beta).__name__}")
+        _check_range("shampoo_beta", float(shampoo_beta), 0.0, 1.0)
+        if not (isinstance(shampoo_eps, (int, float)) and math.isfinite(shampoo_eps) and shampoo_eps > 0):
+            raise ValueError(f"shampoo_eps must be a finite number > 0, got {shampoo_eps!r}")
+        for name, value in (("precondition_frequency", precondition_frequency), ("max_precond_dim", max_precond_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be a bool, got {type(compile).__name__}")
 
         self.components = comps
         self.hot_dtype, self.ns_steps, self.ns_coefficients = hot_dtype, ns_steps, ns_coefficients
         self.softening = softening
         self.normuon_scale, self.lr_scale = normuon_scale, lr_scale
         self.nonfinite = nonfinite
-        # The orthogonaliser is a pure function over a batch of same-shape matrices, so a compiled
-        # version can be swapped in without touching the step.
+        self.mona_alpha, self.mona_beta, self.mona_lite = mona_alpha, mona_beta, mona_lite
+        self._kl_base = KLShampooConfig(
+            beta=float(shampoo_beta), precondition_frequency=precondition_frequency,
+            max_precond_dim=max_precond_dim, eps=float(shampoo_eps),
+        )
+        self._kl_configs: dict[torch.dtype, KLShampooConfig] = {}
+        # The per-shape-batch arithmetic is pure functions, so compiled versions can be swapped in
+        # without touching the step. The KL seed (fp32 eigh, once per parameter) stays eager:
+        # compiling it would cost more than it ever saves.
         self._orthogonalize: Callable[..., torch.Tensor] = orthogonalize
+        self._mona_step: Callable[..., Any] = mona_gated_step
+        self._kl_step: Callable[..., Any] = kl_shampoo_gated_step
+        self._kl_seed: Callable[..., Any] = kl_shampoo_gated_seed
+        if compile:
+            self._orthogonalize = compile_pure(orthogonalize, "orthogonalize")
+            if "mona" in comps:
+                self._mona_step = compile_pure(mona_gated_step, "mona_gated_step")
+            if "shampoo" in comps:
+                self._kl_step = compile_pure(kl_shampoo_gated_step, "kl_shampoo_gated_step")
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, momentum=momentum,
             nesterov=bool(nesterov), normuon_beta2=normuon_beta2, normuon_eps=normuon_eps,
@@ -230,7 +329,7 @@ class FusionOpt(torch.optim.Optimizer):
             raise ValueError(f"param group 'group_type' must be one of {GROUP_TYPES}, got {gtype!r}")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        if gtype == "spectral" and "ns5" not in self.components:
+        if gtype == "spectral" and not self.components & {"ns5", "shampoo"}:
             group["group_type"] = gtype = "scalar"  # e.g. recipe="sf-adamw": everything is scalar
         if gtype == "spectral":
             k = group["ns_split"]
@@ -379,26 +478,76 @@ class FusionOpt(torch.optim.Optimizer):
         lr_ref = sched[id(self.param_groups[0])][0]
         return self._polyak.update(loss_t, grad_l1, inner, max(lr_ref, 1e-30), gate)
 
+    def _kl_config(self, p: torch.Tensor) -> KLShampooConfig:
+        # Factors in fp32 (fp64 for fp64 parameters): eigh/QR need it and bf16 factors lose the
+        # small eigenvalues that the inverse roots amplify.
+        dtype = _state_dtype(p)
+        if dtype not in self._kl_configs:
+            self._kl_configs[dtype] = dataclasses.replace(self._kl_base, factor_dtype=dtype)
+        return self._kl_configs[dtype]
+
+    @staticmethod
+    def _kl_state(state: dict[str, Any]) -> KLShampooState:
+        return KLShampooState(*(state.get("kl_" + f) for f in KLShampooState._fields))
+
+    @staticmethod
+    def _store_kl(state: dict[str, Any], kl: KLShampooState) -> None:
+        for f, t in zip(KLShampooState._fields, kl):
+            if t is not None:  # identity sides (longer than max_precond_dim) keep no state
+                state["kl_" + f] = t
+
     def _spectral_directions(self, spectral, gate) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
-        """Momentum → batched NS5 → NorMuon / shape scale, for every spectral parameter."""
+        """MONA → momentum → KL-Shampoo → batched NS5 → NorMuon / shape scale, per spectral param.
+
+        Parameters on their KL seed step are left out of the result (they do not move).
+        """
+        use_mona, use_kl = "mona" in self.components, "shampoo" in self.components
+        use_ns = "ns5" in self.components
         buckets: dict[tuple[int, int], list[tuple[int, torch.Tensor, bool]]] = {}
         prepared = []
-        for i, (group, p, g) in enumerate(spectral):
+        for group, p, g in spectral:
             state = self.state[p]
+            rows, k = p.shape[0], group["ns_split"]
+            # matrices as KL-Shampoo and Newton–Schulz see them: (rows, cols), or k row blocks
+            kshape = (rows, p.numel() // rows) if k == 1 else (k, rows // k, p.numel() // rows)
+            g_tilde = g
+            if use_mona:
+                if "mona_accel" not in state:
+                    state["mona_accel"], state["mona_prev"] = mona_init_buffers(p, lite=self.mona_lite)
+                    state["mona_seen"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                g_tilde, state["mona_accel"], state["mona_prev"], state["mona_seen"] = self._mona_step(
+                    g, state["mona_accel"], state["mona_prev"], state["mona_seen"], gate,
+                    alpha=self.mona_alpha, beta=self.mona_beta,
+                )
+            if use_kl and "kl_seed_k" not in state:
+                # First step seeds only (authors' code): momentum, NorMuon and p stay untouched.
+                cfg = self._kl_config(p)
+                init = kl_shampoo_init_state(kshape, cfg, device=p.device)
+                self._store_kl(state, self._kl_seed(g.reshape(kshape), init, cfg, gate))
+                state["kl_seed_k"] = group["k"]
+                continue
             if "momentum" not in state:
                 state["momentum"] = torch.zeros_like(p, dtype=_state_dtype(p))
             m = state["momentum"]
             mu = group["momentum"]
-            g = g.to(m.dtype)
-            m.lerp_(g, (1.0 - mu) * gate.to(m.dtype))
-            u = g.lerp(m, mu) if group["nesterov"] else m
-            rows, k = p.shape[0], group["ns_split"]
+            g_tilde = g_tilde.to(m.dtype)
+            m.lerp_(g_tilde, (1.0 - mu) * gate.to(m.dtype))
+            u = g_tilde.lerp(m, mu) if group["nesterov"] else m
+            if use_kl:
+                cfg = self._kl_config(p)
+                refresh = kl_shampoo_refresh_due(group["k"] - state["kl_seed_k"], cfg)
+                # factors from the raw gradient (authors' code); the direction from the momentum
+                u, new = self._kl_step(g.reshape(kshape), u.reshape(kshape), self._kl_state(state), cfg, gate, refresh=refresh)
+                self._store_kl(state, new)
+            if not use_ns:  # shampoo alone (allow_unbounded=True): the KL direction is the update
+                prepared.append((group, p, None, u.reshape(p.shape)))
+                continue
             mat = u.reshape(k, rows // k, -1)  # conv kernels flatten to (out, in·kh·kw)
             a, b = mat.shape[-2:]
             tall = a > b
-            buckets.setdefault((min(a, b), max(a, b)), []).append((i, mat.mT if tall else mat, tall))
-            prepared.append((group, p, (a, b)))
-        ortho: list[torch.Tensor | None] = [None] * len(spectral)
+            buckets.setdefault((min(a, b), max(a, b)), []).append((len(prepared), mat.mT if tall else mat, tall))
+            prepared.append((group, p, (a, b), None))
+        ortho: list[torch.Tensor | None] = [None] * len(prepared)
         for items in buckets.values():
             X = torch.cat([x for _, x, _ in items])  # one batched NS per canonical shape
             O = self._orthogonalize(
@@ -408,7 +557,11 @@ class FusionOpt(torch.optim.Optimizer):
             for (i, _, tall), o in zip(items, O.split([x.shape[0] for _, x, _ in items])):
                 ortho[i] = o.mT if tall else o
         out = []
-        for (group, p, (a, b)), o in zip(prepared, ortho):
+        for (group, p, ab, direct), o in zip(prepared, ortho):
+            if ab is None:
+                out.append((group, p, direct))
+                continue
+            a, b = ab
             O = o.reshape(p.shape[0], -1)
             if "normuon" in self.components:
                 state = self.state[p]

@@ -7,14 +7,13 @@ from collections.abc import Iterable
 __all__ = ["COMPONENTS", "RECIPES", "resolve_components"]
 
 COMPONENTS = frozenset({"ns5", "normuon", "sf", "mona", "shampoo"})
-# Components whose implementation has landed; the others are refused with a clear message.
-IMPLEMENTED = frozenset({"ns5", "normuon", "sf"})
 
 RECIPES: dict[str, frozenset[str]] = {
     "sf-normuon": frozenset({"ns5", "normuon", "sf"}),
     "muon": frozenset({"ns5"}),
     "sf-adamw": frozenset({"sf"}),
     "full": frozenset({"ns5", "normuon", "sf", "mona", "shampoo"}),
+    "muon+mona": frozenset({"ns5", "mona"}),
 }
 
 
@@ -24,7 +23,12 @@ def resolve_components(
     *,
     allow_unbounded: bool = False,
 ) -> frozenset[str]:
-    """Return the component set for ``recipe`` or an explicit ``components`` set (not both)."""
+    """Return the component set for ``recipe`` or an explicit ``components`` set (which wins).
+
+    Example:
+        >>> sorted(resolve_components("muon+mona"))
+        ['mona', 'ns5']
+    """
     if components is not None:
         comps = frozenset(components)
         unknown = comps - COMPONENTS
@@ -38,14 +42,14 @@ def resolve_components(
         comps = RECIPES[recipe]
     if "normuon" in comps and "ns5" not in comps:
         raise ValueError("component 'normuon' normalises an orthogonalised update and needs 'ns5'")
+    if "mona" in comps and not comps & {"ns5", "shampoo"}:
+        raise ValueError(
+            "component 'mona' transforms the gradient of the spectral path and needs 'ns5' "
+            "(or 'shampoo' with allow_unbounded=True)"
+        )
     if "shampoo" in comps and "ns5" not in comps and not allow_unbounded:
         raise ValueError(
             "component 'shampoo' without 'ns5' is unbounded (it diverged alone in the seed runs); "
             "add 'ns5' or pass allow_unbounded=True"
-        )
-    missing = comps - IMPLEMENTED
-    if missing:
-        raise NotImplementedError(
-            f"component(s) {sorted(missing)} are not implemented yet; implemented: {sorted(IMPLEMENTED)}"
         )
     return comps

@@ -77,8 +77,9 @@ __all__ = [
 ]
 
 TRAIN_RECIPES = ("adamw", "muon", "muon+mona", "sf-normuon", "full")
-# Starting points, not tuned optima: benchmarks/head_quality.py sweeps around them.
-DEFAULT_LR = {"adamw": 1e-3, "muon": 2e-3, "muon+mona": 2e-3, "sf-normuon": 2e-3, "full": 2e-3}
+# Starting points from a short CPU sweep (benchmarks/head_quality.py sweeps ×0.5…×2 around them):
+# at 150 steps the FusionOpt recipes improved from 1e-3 to 2e-3 and beyond, AdamW peaked near 1e-3.
+DEFAULT_LR = {"adamw": 1e-3, "muon": 4e-3, "muon+mona": 4e-3, "sf-normuon": 4e-3, "full": 4e-3}
 # FusionOpt recipe name for each training recipe that runs on FusionOpt.
 _FUSION_RECIPE = {"muon": "muon", "muon+mona": "muon+mona", "sf-normuon": "sf-normuon", "full": "full"}
 
@@ -307,7 +308,11 @@ def validate_head(
 # --------------------------------------------------------------------------- generic loop
 @dataclass
 class FitResult:
-    """Outcome of :func:`fit`: best score and step, every validation's metrics, steps run, time."""
+    """Outcome of :func:`fit`: best score and step, every validation's metrics, steps run, time.
+
+    ``seconds`` is the loop's wall time; ``train_seconds`` only the forward/backward/step part
+    (without validation, telemetry and hooks), for steps-per-second comparisons.
+    """
 
     best_score: float
     best_step: int
@@ -315,6 +320,7 @@ class FitResult:
     last_step: int
     seconds: float
     last_loss: float
+    train_seconds: float = 0.0
 
 
 def fit(
@@ -370,6 +376,7 @@ def fit(
     t0 = time.perf_counter()
     try:
         for step in range(start_step + 1, steps + 1):
+            t_step = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss, scalars = loss_fn(step)
             loss.backward()
@@ -379,6 +386,7 @@ def fit(
                 optimizer.step(loss=loss.detach())
             else:
                 optimizer.step()
+            state.train_seconds += time.perf_counter() - t_step
             state.last_step = step
             last = step == steps or (max_seconds is not None and time.perf_counter() - t0 >= max_seconds)
             if telemetry is not None and (step % log_every == 0 or last):
@@ -508,7 +516,8 @@ class TrainResult:
 
     ``model`` holds the final **averaged** weights (the optimizer is left in ``eval()`` mode; call
     ``optimizer.train()`` to continue training it). ``best_metrics`` are the validation metrics of
-    the best step; ``history`` every validation; ``records`` the telemetry records.
+    the best step; ``history`` every validation; ``records`` the telemetry records; ``seconds`` the
+    loop's wall time and ``train_seconds`` its forward/backward/step part.
     """
 
     model: ControlHead
@@ -523,6 +532,7 @@ class TrainResult:
     best_path: Path | None = None
     last_path: Path | None = None
     telemetry_path: Path | None = None
+    train_seconds: float = 0.0
 
 
 def _resolve_head_config(config: HeadTrainConfig, n_mels: int, n_controls: int) -> ControlHeadConfig:
@@ -675,6 +685,6 @@ def train_head(config: HeadTrainConfig, data: Any = None) -> TrainResult:
     return TrainResult(
         model, optimizer, res.best_score, res.best_step, kept["metrics"], res.history,
         telemetry.records, res.last_step, res.seconds, best_path if res.best_step >= 0 and out else None,
-        last_path, telemetry.path,
+        last_path, telemetry.path, res.train_seconds,
     )
 

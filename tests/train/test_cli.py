@@ -79,6 +79,19 @@ def test_library_errors_are_clear(tmp_path, capsys):
         assert "issue-4" in capsys.readouterr().err
 
 
-def test_python_m_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "fusion_train", "--help"], capture_output=True, text=True)
-    assert proc.returncode == 0 and "{data,head,eval}" in proc.stdout
+# One fresh interpreter (torch imports once) checks two things: fusion_infer's checkpoint reader
+# and noise schedules never import fusion_train, and `python -m fusion_train --help` works.
+FRESH = """
+import runpy, sys
+import fusion_infer, fusion_infer.checkpoint, fusion_infer.noise_schedules
+bad = [m for m in sys.modules if m.startswith("fusion_train")]
+assert not bad, f"fusion_infer imported {bad}"
+sys.argv = ["fusion_train", "--help"]
+runpy.run_module("fusion_train", run_name="__main__")
+"""
+
+
+def test_import_boundary_and_python_m_entry_point():
+    proc = subprocess.run([sys.executable, "-c", FRESH], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "{data,head,eval}" in proc.stdout

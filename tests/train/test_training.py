@@ -210,3 +210,18 @@ def test_config_errors():
 
 def test_config_to_dict_is_json():
     json.dumps(BASE.to_dict())
+
+
+@pytest.mark.parametrize("recipe", ["adamw", "muon", "muon+mona", "sf-normuon", "full"])
+def test_every_recipe_trains_exports_and_loads(recipe, tmp_path):
+    try:
+        make_optimizer(recipe, random_head(TINY))
+    except NotImplementedError:
+        pytest.skip(f"{recipe} needs issue-4's FusionOpt components (not merged on this branch)")
+    cfg = dataclasses.replace(BASE, recipe=recipe, head=WIDE, steps=3, val_every=3, out_dir=str(tmp_path))
+    result = train_head(cfg, tiny_data())
+    loaded = load_head(result.best_path)
+    assert loaded.metadata["recipe"] == recipe
+    assert loaded.metadata["weights"] == ("averaged" if recipe in ("sf-normuon", "full") else "raw")
+    x, t = torch.randn(1, 64, 16), torch.tensor([0.3])
+    assert torch.equal(loaded.model(x, t), result.model(x, t))
