@@ -343,4 +343,5 @@ def distill(
         model, optimizer, res.best_score, res.best_step, kept["metrics"], res.history,
         telemetry.records, res.last_step, res.seconds,
         best_path if res.best_step >= 0 and out is not None else None, last_path, telemetry.path,
+        train_seconds=res.train_seconds,
     )

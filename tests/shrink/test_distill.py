@@ -73,7 +73,7 @@ def test_loop_export_and_telemetry(tmp_path):
     res = distill(student, tch, data(), "sf-normuon", steps=4, val_every=2, feature_weight=0.5,
                   out_dir=str(tmp_path), **FAST)
     assert all(torch.equal(before[k], v) for k, v in tch.state_dict().items())  # teacher untouched
-    assert res.steps == 4 and len(res.history) == 2
+    assert res.steps == 4 and len(res.history) == 2 and 0 < res.train_seconds <= res.seconds
     assert {"val/median_mae", "val/mae_to_reference"} <= set(res.best_metrics)
     assert {"train/task", "train/output_kd", "train/feature_kd", "train/loss"} <= set(res.records[0])
     assert (tmp_path / "telemetry.jsonl").exists()
