@@ -17,7 +17,7 @@ from .closed_loop import compare_errors, control_error, loudness_extractor, risi
 from .control_head import AdaLNZeroBlock, ControlHead, ControlHeadConfig, FinalLayer
 from .exact_keys import dedupe, float_bits, make_key, row_bits, row_keys, tensor_bits, tensor_key
 from .guidance import HeadGuidance, SelectiveTFG, step_weight_schedule
-from .head_cost import HeadCost, head_cost
+from .head_cost import CostItem, HeadCost, head_cost, head_cost_items
 from .modulators import Modulators, chunked_modulator_table, split_modulator_table
 from .noise_schedules import NOISE_SCHEDULES, NoiseSchedule, get_noise_schedule
 from .render_caches import RenderCaches
@@ -45,6 +45,7 @@ __all__ = [
     "ControlHead",
     "ControlHeadConfig",
     "FinalLayer",
+    "CostItem",
     "HeadCost",
     "HeadGuidance",
     "Modulators",
@@ -68,6 +69,7 @@ __all__ = [
     "float_bits",
     "head_cost",
     "loudness_extractor",
+    "head_cost_items",
     "make_key",
     "rf_sigmas",
     "rising_pause_falling",

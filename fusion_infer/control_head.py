@@ -72,6 +72,11 @@ class ControlHeadConfig:
         zero_init_output: zero-initialise the output projection too (DiT); adaLN linears are
             always zero-initialised.
         eps: LayerNorm epsilon.
+        attention_head_dim: per-head width; None (default) means ``dim / heads``. Set by
+            width-shrunk heads (:func:`fusion_infer.shrink.shrink_width`), whose attention width
+            ``heads · attention_head_dim`` is smaller than the residual width ``dim``.
+        mlp_hidden_dim: MLP hidden width; None (default) means ``int(dim · mlp_ratio)``
+            (``mlp_ratio`` is then ignored). Set by width-shrunk heads.
 
     Example:
         >>> ControlHeadConfig(dim=128, heads=4).head_dim
@@ -91,6 +96,8 @@ class ControlHeadConfig:
     modulator_rows: int = 8
     zero_init_output: bool = True
     eps: float = 1e-6
+    attention_head_dim: int | None = None
+    mlp_hidden_dim: int | None = None
 
     def __post_init__(self) -> None:
         positive = ("in_channels", "out_channels", "dim", "depth", "heads", "freq_dim", "modulator_rows")
@@ -104,13 +111,22 @@ class ControlHeadConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"ControlHeadConfig.{name} must be a positive number, got {v!r}")
-        if self.dim % self.heads:
+        for name in ("attention_head_dim", "mlp_hidden_dim"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"ControlHeadConfig.{name} must be None or a positive int, got {v!r}")
+        if self.attention_head_dim is None:
+            if self.dim % self.heads:
+                raise ValueError(
+                    f"ControlHeadConfig.dim ({self.dim}) must be divisible by heads ({self.heads})"
+                )
+            if (self.dim // self.heads) % 2:
+                raise ValueError(
+                    f"ControlHeadConfig.dim / heads must be even for rotary positions, got {self.dim // self.heads}"
+                )
+        elif self.attention_head_dim % 2:
             raise ValueError(
-                f"ControlHeadConfig.dim ({self.dim}) must be divisible by heads ({self.heads})"
-            )
-        if (self.dim // self.heads) % 2:
-            raise ValueError(
-                f"ControlHeadConfig.dim / heads must be even for rotary positions, got {self.dim // self.heads}"
+                f"ControlHeadConfig.attention_head_dim must be even for rotary positions, got {self.attention_head_dim}"
             )
         if self.freq_dim % 2:
             raise ValueError(f"ControlHeadConfig.freq_dim must be even, got {self.freq_dim}")
@@ -124,13 +140,18 @@ class ControlHeadConfig:
 
     @property
     def head_dim(self) -> int:
-        """Per-head width ``dim // heads``."""
-        return self.dim // self.heads
+        """Per-head width: ``attention_head_dim`` if set, else ``dim // heads``."""
+        return self.attention_head_dim if self.attention_head_dim is not None else self.dim // self.heads
+
+    @property
+    def attention_dim(self) -> int:
+        """Attention width ``heads · head_dim`` (equals ``dim`` unless width-shrunk)."""
+        return self.heads * self.head_dim
 
     @property
     def mlp_hidden(self) -> int:
-        """MLP hidden width ``int(dim · mlp_ratio)``."""
-        return int(self.dim * self.mlp_ratio)
+        """MLP hidden width: ``mlp_hidden_dim`` if set, else ``int(dim · mlp_ratio)``."""
+        return self.mlp_hidden_dim if self.mlp_hidden_dim is not None else int(self.dim * self.mlp_ratio)
 
     @property
     def modulator_width(self) -> int:
@@ -161,15 +182,21 @@ class AdaLNZeroBlock(nn.Module):
 
     ``x ← x + gate_msa · Attn(modulate(LN(x), shift_msa, scale_msa))``;
     ``x ← x + gate_mlp · MLP(modulate(LN(x), shift_mlp, scale_mlp))``, with the six modulators
-    ``adaLN_mod(c) = Linear(SiLU(c))`` (zero-initialised) or given as ``mods``.
+    ``adaLN_mod(c) = Linear(SiLU(c))`` (zero-initialised) or given as ``mods``. ``head_dim``
+    (default ``dim // heads``) lets the attention width ``heads · head_dim`` differ from ``dim``
+    (width-shrunk blocks); the modulators always act on the residual width ``dim``.
     """
 
-    def __init__(self, dim: int, heads: int, mlp_hidden: int, eps: float = 1e-6) -> None:
+    def __init__(
+        self, dim: int, heads: int, mlp_hidden: int, eps: float = 1e-6, head_dim: int | None = None
+    ) -> None:
         super().__init__()
         self.dim, self.heads = dim, heads
+        self.head_dim = dim // heads if head_dim is None else head_dim
+        inner = heads * self.head_dim
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 3 * inner)
+        self.proj = nn.Linear(inner, dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
         self.mlp = nn.Sequential(
             nn.Linear(dim, mlp_hidden), nn.GELU(approximate="tanh"), nn.Linear(mlp_hidden, dim)
@@ -180,13 +207,13 @@ class AdaLNZeroBlock(nn.Module):
 
     def attention(self, h: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
         """Bidirectional multi-head self-attention with rotary q/k through SDPA."""
-        b, t, d = h.shape
-        qkv = self.qkv(h).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        b, t, _ = h.shape
+        qkv = self.qkv(h).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, t, d))
+        return self.proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
     def forward(
         self,
@@ -201,7 +228,7 @@ class AdaLNZeroBlock(nn.Module):
                 raise ValueError("AdaLNZeroBlock.forward needs either c (conditioning) or mods")
             mods = self.adaLN_mod(c).view(c.shape[0], 6, self.dim)
         if rope is None:
-            rope = rotary_tables(x.shape[1], self.dim // self.heads, device=x.device, dtype=x.dtype)
+            rope = rotary_tables(x.shape[1], self.head_dim, device=x.device, dtype=x.dtype)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.unbind(1)
         x = x + gate_msa[:, None, :] * self.attention(modulate(self.norm1(x), shift_msa, scale_msa), rope)
         x = x + gate_mlp[:, None, :] * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
@@ -260,7 +287,7 @@ class ControlHead(nn.Module):
         self.t_embedder = TimestepEmbedder(c.dim, c.freq_dim, c.time_scale)
         self.cond_proj = nn.Linear(c.cond_dim, c.dim) if c.cond_dim else None
         self.blocks = nn.ModuleList(
-            AdaLNZeroBlock(c.dim, c.heads, c.mlp_hidden, c.eps) for _ in range(c.depth)
+            AdaLNZeroBlock(c.dim, c.heads, c.mlp_hidden, c.eps, c.head_dim) for _ in range(c.depth)
         )
         self.final = FinalLayer(c.dim, c.out_channels, c.eps, c.zero_init_output)
         # Set by TimeConditioningCache.attach(); read only inside the compiler-disabled lookup.

@@ -19,7 +19,35 @@ from typing import Any
 
 from .control_head import ControlHeadConfig
 
-__all__ = ["HeadCost", "head_cost"]
+__all__ = ["CostItem", "HeadCost", "head_cost", "head_cost_items"]
+
+#: Cost categories shared with :func:`fusion_infer.shrink.count_cost`.
+CATEGORIES = ("attention", "mlp", "modulators", "embeddings")
+
+
+@dataclass(frozen=True)
+class CostItem:
+    """One line of a cost itemisation.
+
+    Attributes:
+        name: module path (``blocks.2.qkv``) or a pseudo-name for weight-free matmuls
+            (``blocks.2.attention_scores``: ``QKᵀ`` and ``AV``).
+        category: ``"attention"``, ``"mlp"``, ``"modulators"`` (everything the adaLN modulators
+            depend on: timestep/class/conditioning embedders and the adaLN linears or tables) or
+            ``"embeddings"`` (token-side input/output projections, patch and caption embeddings).
+        block: index of the transformer block holding it, or None (outside the blocks).
+        params: parameters it owns; flops: FLOPs per forward (``2·m·n·k`` per matrix product).
+        kind: ``"linear"`` (a weight matmul: ``∝ width²`` when all widths scale together) or
+            ``"scores"`` (attention's ``QKᵀ``/``AV``: ``∝ width · tokens²``) or ``"table"``
+            (a parameter table without matmul FLOPs).
+    """
+
+    name: str
+    category: str
+    block: int | None
+    params: int
+    flops: int
+    kind: str = "linear"
 
 
 @dataclass(frozen=True)
@@ -63,41 +91,78 @@ class HeadCost:
         return d
 
 
-def head_cost(config: ControlHeadConfig, seq_len: int = 256, batch: int = 1) -> HeadCost:
-    """Parameters and FLOPs of one forward of a head with ``config`` (see :class:`HeadCost`).
-
-    Example:
-        >>> head_cost(ControlHeadConfig(dim=64, depth=1, heads=4, freq_dim=64), seq_len=8).params
-        95553
-    """
+def _check(config: Any, seq_len: Any, batch: Any) -> None:
     if not isinstance(config, ControlHeadConfig):
         raise TypeError(f"config must be a ControlHeadConfig, got {type(config).__name__}")
     for name, v in (("seq_len", seq_len), ("batch", batch)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def head_cost_items(config: ControlHeadConfig, seq_len: int = 256, batch: int = 1) -> list[CostItem]:
+    """Itemised parameters and FLOPs of one forward of a head with ``config``.
+
+    Token-side linears run on ``batch · seq_len`` rows; the modulator path (timestep MLP,
+    ``cond_proj``, adaLN linears) on ``batch`` rows (ideal count, without chunk padding).
+
+    Example:
+        >>> items = head_cost_items(ControlHeadConfig(dim=64, depth=1, heads=4, freq_dim=64), seq_len=8)
+        >>> [i.name for i in items if i.block == 0]
+        ['blocks.0.qkv', 'blocks.0.proj', 'blocks.0.attention_scores', 'blocks.0.mlp.0', 'blocks.0.mlp.2', 'blocks.0.adaLN_mod.1']
+    """
+    _check(config, seq_len, batch)
     c = config
-    d, h, L, T = c.dim, c.mlp_hidden, c.depth, seq_len
+    d, a, h, T, B = c.dim, c.attention_dim, c.mlp_hidden, seq_len, batch
 
-    def lin(i: int, o: int) -> int:
-        return i * o + o
+    def lin(name: str, cat: str, block: int | None, i: int, o: int, rows: int) -> CostItem:
+        return CostItem(name, cat, block, i * o + o, 2 * rows * i * o)
 
-    per_block_body = lin(d, 3 * d) + lin(d, d) + lin(d, h) + lin(h, d)
-    t_mlp = lin(c.freq_dim, d) + lin(d, d)
-    cond = lin(c.cond_dim, d) if c.cond_dim else 0
-    adaln = L * lin(d, 6 * d) + lin(d, 2 * d)
-    modulator_params = t_mlp + cond + adaln
-    params = lin(c.in_channels, d) + L * per_block_body + lin(d, c.out_channels) + modulator_params
+    items = [
+        lin("latent_proj", "embeddings", None, c.in_channels, d, B * T),
+        lin("t_embedder.mlp.0", "modulators", None, c.freq_dim, d, B),
+        lin("t_embedder.mlp.2", "modulators", None, d, d, B),
+    ]
+    if c.cond_dim:
+        items.append(lin("cond_proj", "modulators", None, c.cond_dim, d, B))
+    for i in range(c.depth):
+        p = f"blocks.{i}."
+        items += [
+            lin(p + "qkv", "attention", i, d, 3 * a, B * T),
+            lin(p + "proj", "attention", i, a, d, B * T),
+            # QKᵀ ([T, hd] × [hd, T] per head) and AV ([T, T] × [T, hd]): 2 · 2·T·T·a.
+            CostItem(p + "attention_scores", "attention", i, 0, 2 * 2 * B * T * T * a, "scores"),
+            lin(p + "mlp.0", "mlp", i, d, h, B * T),
+            lin(p + "mlp.2", "mlp", i, h, d, B * T),
+            lin(p + "adaLN_mod.1", "modulators", i, d, 6 * d, B),
+        ]
+    items += [
+        lin("final.adaLN_mod.1", "modulators", None, d, 2 * d, B),
+        lin("final.linear", "embeddings", None, d, c.out_channels, B * T),
+    ]
+    return items
 
-    linear_macs = T * (c.in_channels * d + L * (3 * d * d + d * d + 2 * d * h) + d * c.out_channels)
-    attention_macs = L * 2 * T * T * d
-    per_row_mod_macs = c.freq_dim * d + d * d + c.cond_dim * d + d * c.modulator_width
+
+def head_cost(config: ControlHeadConfig, seq_len: int = 256, batch: int = 1) -> HeadCost:
+    """Parameters and FLOPs of one forward of a head with ``config`` (see :class:`HeadCost`).
+
+    Sums :func:`head_cost_items`; :func:`fusion_infer.shrink.count_cost` reports the same items
+    by category and block.
+
+    Example:
+        >>> head_cost(ControlHeadConfig(dim=64, depth=1, heads=4, freq_dim=64), seq_len=8).params
+        95553
+    """
+    items = head_cost_items(config, seq_len, batch)
+    mod = [i for i in items if i.category == "modulators"]
+    mod_flops = sum(i.flops for i in mod)
     return HeadCost(
-        seq_len=T,
+        seq_len=seq_len,
         batch=batch,
-        params=params,
-        modulator_params=modulator_params,
-        body_flops=2 * batch * (linear_macs + attention_macs),
-        attention_flops=2 * batch * attention_macs,
-        modulator_flops=2 * batch * per_row_mod_macs,
-        modulator_flops_per_chunk=2 * c.modulator_rows * per_row_mod_macs,
+        params=sum(i.params for i in items),
+        modulator_params=sum(i.params for i in mod),
+        body_flops=sum(i.flops for i in items) - mod_flops,
+        attention_flops=sum(i.flops for i in items if i.kind == "scores"),
+        modulator_flops=mod_flops,
+        # Each padded chunk runs the same matmuls on exactly modulator_rows rows.
+        modulator_flops_per_chunk=mod_flops // batch * config.modulator_rows,
     )
