@@ -67,7 +67,7 @@ def main() -> None:
         rows.append([r["mode"], f"{after.median():.3g}", f"{after.min():.3g} – {after.max():.3g}",
                      f"{100 * clamp_share(r['ratios'][warm:]):.0f} %", f"{r['losses'][-1]:.4f}"])
     old = torch.tensor(runs[0]["old_ratios"][warm:])
-    rows.append(["earlier FusionOpt rule (loss_ema / mean|g|)", f"{old.median():.3g}",
+    rows.append(["earlier FusionOpt rule (loss_ema / mean abs g)", f"{old.median():.3g}",
                  f"{old.min():.3g} – {old.max():.3g}", f"{100 * clamp_share(runs[0]['old_ratios'][warm:]):.0f} %", "–"])
     try:
         import matplotlib
