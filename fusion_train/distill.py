@@ -49,14 +49,13 @@ from torch import Tensor, nn
 
 from fusion_infer.checkpoint import TargetScaling
 from fusion_infer.control_head import ControlHead
-from fusion_infer.noise_schedules import NOISE_SCHEDULES, get_noise_schedule
+from fusion_infer.noise_schedules import get_noise_schedule
 
 from .export import export_checkpoint
-from .losses import task_loss, validate_loss_name
+from .losses import task_loss
 from .optimizer import FusionOpt
 from .telemetry import TelemetryWriter
 from .training import (
-    TRAIN_RECIPES,
     EpochSampler,
     TrainResult,
     ValidationSet,
@@ -64,6 +63,7 @@ from .training import (
     make_optimizer,
     t_grid,
     validate_head,
+    validate_loop_config,
 )
 
 __all__ = ["DistillConfig", "distill", "default_feature_pairs"]
@@ -126,20 +126,7 @@ class DistillConfig:
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        if self.recipe not in TRAIN_RECIPES:
-            raise ValueError(f"recipe must be one of {list(TRAIN_RECIPES)}, got {self.recipe!r}")
-        validate_loss_name(self.loss)
-        if self.noise_schedule not in NOISE_SCHEDULES:
-            raise ValueError(f"noise_schedule must be one of {sorted(NOISE_SCHEDULES)}, got {self.noise_schedule!r}")
-        for name in ("steps", "batch_size", "val_t_buckets", "val_batch_size", "log_every"):
-            v = getattr(self, name)
-            minimum = 0 if name == "steps" else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
-        for name in ("val_every", "warmup_steps", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        validate_loop_config(self, nonneg_ints=("val_every", "warmup_steps", "seed"))
         weights = ("task_weight", "output_weight", "feature_weight")
         for name in weights:
             v = getattr(self, name)
@@ -147,12 +134,6 @@ class DistillConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if not any(getattr(self, n) > 0 for n in weights):
             raise ValueError(f"at least one of {weights} must be > 0")
-        if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
-            raise ValueError(f"dtype must be one of float32, bfloat16, float16, float64; got {self.dtype!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
-        if not self.val_seeds:
-            raise ValueError("val_seeds must hold at least one seed")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (stored in checkpoints' ``extra``)."""

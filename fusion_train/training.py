@@ -421,6 +421,35 @@ def fit(
 
 
 # --------------------------------------------------------------------------- head training
+def validate_loop_config(cfg: Any, *, nonneg_ints: tuple[str, ...]) -> None:
+    """Checks shared by every config that drives :func:`fit` (head training, distillation).
+
+    ``cfg`` has ``recipe``, ``loss``, ``noise_schedule``, ``steps``, ``batch_size``,
+    ``val_t_buckets``, ``val_batch_size``, ``log_every``, ``val_seeds``, ``dtype``, ``grad_clip`` and
+    the non-negative int fields named in ``nonneg_ints``.
+    """
+    if cfg.recipe not in TRAIN_RECIPES:
+        raise ValueError(f"recipe must be one of {list(TRAIN_RECIPES)}, got {cfg.recipe!r}")
+    validate_loss_name(cfg.loss)
+    if cfg.noise_schedule not in NOISE_SCHEDULES:
+        raise ValueError(f"noise_schedule must be one of {sorted(NOISE_SCHEDULES)}, got {cfg.noise_schedule!r}")
+    for name in ("steps", "batch_size", "val_t_buckets", "val_batch_size", "log_every"):
+        v = getattr(cfg, name)
+        minimum = 0 if name == "steps" else 1
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
+    for name in nonneg_ints:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+    if not cfg.val_seeds:
+        raise ValueError("val_seeds must hold at least one seed")
+    if cfg.dtype not in ("float32", "bfloat16", "float16", "float64"):
+        raise ValueError(f"dtype must be one of float32, bfloat16, float16, float64; got {cfg.dtype!r}")
+    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
+        raise ValueError(f"grad_clip must be > 0 or None, got {cfg.grad_clip!r}")
+
+
 @dataclass(frozen=True)
 class HeadTrainConfig:
     """Everything :func:`train_head` needs besides the data.
@@ -477,26 +506,7 @@ class HeadTrainConfig:
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        if self.recipe not in TRAIN_RECIPES:
-            raise ValueError(f"recipe must be one of {list(TRAIN_RECIPES)}, got {self.recipe!r}")
-        validate_loss_name(self.loss)
-        if self.noise_schedule not in NOISE_SCHEDULES:
-            raise ValueError(f"noise_schedule must be one of {sorted(NOISE_SCHEDULES)}, got {self.noise_schedule!r}")
-        for name in ("steps", "batch_size", "val_t_buckets", "val_batch_size", "log_every"):
-            v = getattr(self, name)
-            minimum = 0 if name == "steps" else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
-        for name in ("val_every", "state_every", "warmup_steps", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        if not self.val_seeds:
-            raise ValueError("val_seeds must hold at least one seed")
-        if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
-            raise ValueError(f"dtype must be one of float32, bfloat16, float16, float64; got {self.dtype!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        validate_loop_config(self, nonneg_ints=("val_every", "state_every", "warmup_steps", "seed"))
         if self.state_every and self.out_dir is None:
             raise ValueError("state_every needs out_dir (where training_state.pt is written)")
         if self.diversity is not None and not isinstance(self.diversity, DiversityConfig):
