@@ -13,14 +13,13 @@ Writes docs/benchmarks/cache_invalidation_probes.{json,md} (atomically). Behavio
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import schedulefree
 import torch
+from _report import atomic_write  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from diffusers.training_utils import EMAModel
 
 from fusion_infer import ControlHead, ControlHeadConfig, TimeConditioningCache
@@ -180,18 +179,6 @@ def run_case(name: str, factory: Callable) -> dict:
         row["cached_equals_fresh_after_render_probe"] = torch.equal(again, fresh)
     cache.detach()
     return row
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main() -> list[dict]:

@@ -30,11 +30,11 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _report import atomic_write  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from fusion_infer import ControlHead, ControlHeadConfig, TimeConditioningCache
 
@@ -252,18 +252,6 @@ def bench_invalidation(head_c, cache, args, device) -> dict:
     out["tripwire_samples_per_tensor"] = cache.core.watcher.samples_per_tensor
     print("invalidation: " + ", ".join(f"{k} {v:.1f}" for k, v in out.items()), flush=True)
     return out
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def to_markdown(res: dict) -> str:

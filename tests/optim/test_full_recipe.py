@@ -13,22 +13,10 @@ from fusion_train.kl_shampoo import KLShampooConfig, kl_shampoo_init_state, kl_s
 from fusion_train.mona import mona_gated_step, mona_init_buffers, mona_transform
 
 from .conftest import TinyDiT, make_batches
+from .test_fusionopt import _loss, _train
 from .test_kl_shampoo import _drifting_grads, _reference_run
 
 F64 = torch.float64
-
-
-def _loss(model, batch):
-    x, t, y, target = batch
-    return (model(x, t, y) - target).square().mean()
-
-
-def _train(model, opt, batches):
-    for b in batches:
-        loss = _loss(model, b)
-        opt.zero_grad()
-        loss.backward()
-        opt.step(loss=loss)
 
 
 def _spectral_opt(w: torch.Tensor, **kw) -> FusionOpt:
