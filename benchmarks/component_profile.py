@@ -33,17 +33,17 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _report import environment, interleaved_medians, md_table, write_report  # noqa: E402
 
 from fusion_train import FusionOpt, orthogonalize  # noqa: E402
-from fusion_train.compilation import compile_pure  # noqa: E402
-from fusion_train.kl_shampoo import (  # noqa: E402
+from fusion_train.optim.compilation import compile_pure  # noqa: E402
+from fusion_train.optim.kl_shampoo import (  # noqa: E402
     KLShampooConfig,
     kl_shampoo_init_state,
     kl_shampoo_precondition,
     kl_shampoo_refresh_eigenbasis,
     kl_shampoo_update_state,
 )
-from fusion_train.mona import mona_gated_step, mona_init_buffers  # noqa: E402
-from fusion_train.normuon import normuon_rows  # noqa: E402
-from fusion_train.schedule_free import sf_update_  # noqa: E402
+from fusion_train.optim.mona import mona_gated_step, mona_init_buffers  # noqa: E402
+from fusion_train.optim.normuon import normuon_rows  # noqa: E402
+from fusion_train.optim.schedule_free import sf_update_  # noqa: E402
 
 DIM, DEPTH = 256, 4
 

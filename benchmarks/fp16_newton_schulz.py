@@ -17,7 +17,7 @@ import torch
 from _report import environment, md_table, write_report
 
 from fusion_train import orthogonalize
-from fusion_train.newton_schulz import COEFFICIENTS
+from fusion_train.optim.newton_schulz import COEFFICIENTS
 
 
 def instrumented_ns(X: torch.Tensor, coefficients: str) -> tuple[torch.Tensor, float]:

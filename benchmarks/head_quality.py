@@ -8,7 +8,7 @@ Full — each with a small learning-rate sweep, 3 seeds — compared
    forward, backward and optimizer step, without validation);
 2. **at equal wall clock**: every recipe gets AdamW's median wall time for the step budget
    (validation time included for all) and its best lr;
-3. **diversity training** (``fusion_train.diversity``) against the SF-NorMuon seed-0 head as the
+3. **diversity training** (``fusion_train.training.diversity``) against the SF-NorMuon seed-0 head as the
    frozen reference: AdamW + diversity (fresh and warm), SF-NorMuon + diversity (fresh), Full +
    diversity (warm); validation MAE, derivative correlation with the target and the reference.
 
@@ -46,7 +46,7 @@ from _report import OUT_DIR, environment, md_table, write_report  # noqa: E402
 from fusion_infer import ControlHeadConfig  # noqa: E402
 from fusion_train import DiversityConfig, HeadTrainConfig, train_head  # noqa: E402
 from fusion_train.data import ReferenceData, ReferenceDataConfig, build_reference_data  # noqa: E402
-from fusion_train.training import DEFAULT_LR, make_optimizer  # noqa: E402
+from fusion_train.training.loop import DEFAULT_LR, make_optimizer  # noqa: E402
 
 RECIPES = ("adamw", "muon", "muon+mona", "sf-normuon", "full")
 

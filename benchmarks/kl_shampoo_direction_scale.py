@@ -1,4 +1,4 @@
-"""Scale check of the KL-Shampoo direction (fusion_train/kl_shampoo.py) over 20 steps.
+"""Scale check of the KL-Shampoo direction (fusion_train/optim/kl_shampoo.py) over 20 steps.
 
 Not a timing benchmark: it measures the *size* of the preconditioned direction
 ``S_a^{-1/2} M S_b^{-1/2}`` on random, drifting, low-rank and rank-one gradient streams, to
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from fusion_train.kl_shampoo import (
+from fusion_train.optim.kl_shampoo import (
     KLShampooConfig,
     kl_shampoo_init_state,
     kl_shampoo_refresh_due,

@@ -1,8 +1,8 @@
 """Cost of the KL-Shampoo and MONA components on control-head shapes, relative to one NS5 call.
 
 Not the full-recipe profile (that is ``benchmarks/component_profile.py``, built with FusionOpt);
-this measures only the pure functions of ``fusion_train/kl_shampoo.py`` and
-``fusion_train/mona.py`` so their overhead can be judged against the ≤ 1.6× target for
+this measures only the pure functions of ``fusion_train/optim/kl_shampoo.py`` and
+``fusion_train/optim/mona.py`` so their overhead can be judged against the ≤ 1.6× target for
 ``recipe="full"`` vs ``"sf-normuon"``.
 
 Shapes: the spectral matrices of a d=256, depth-4 LatCH-style control head, batched per shape
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from fusion_train.kl_shampoo import (
+from fusion_train.optim.kl_shampoo import (
     KLShampooConfig,
     kl_shampoo_init_state,
     kl_shampoo_precondition,
@@ -48,7 +48,7 @@ from fusion_train.kl_shampoo import (
     kl_shampoo_seed,
     kl_shampoo_update_state,
 )
-from fusion_train.mona import default_mona_alpha, mona_init_buffers, mona_transform
+from fusion_train.optim.mona import default_mona_alpha, mona_init_buffers, mona_transform
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 SHAPES = {

@@ -6,7 +6,7 @@ Measures, on CPU:
    process CPU seconds; the CPU figure is what a quiet machine would take), then the cache load,
    warmed up once and repeated (median), and the cold/warm ratio. With ``--full`` it also builds
    the default configuration (200 pieces × 4 excerpts) once.
-2. **Extractor fidelity**: :class:`fusion_infer.control_features.ControlFeatureExtractor` applied
+2. **Extractor fidelity**: :class:`fusion_infer.controls.features.ControlFeatureExtractor` applied
    to the standardised latents versus (a) the synthetic data's analytic ground truth and
    (b) the clean-audio targets, per channel: Pearson r, mean and max absolute error (dB).
 

@@ -34,8 +34,8 @@ from fusion_infer import ControlHeadConfig
 from fusion_infer.noise_schedules import get_noise_schedule
 from fusion_infer.shrink import block_importance, count_cost, shrink_depth, shrink_width
 from fusion_train.data import ReferenceDataConfig, build_reference_data
-from fusion_train.distill import distill
-from fusion_train.training import (
+from fusion_train.training.distill import distill
+from fusion_train.training.loop import (
     DEFAULT_LR,
     HeadTrainConfig,
     ValidationSet,

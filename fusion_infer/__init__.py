@@ -1,10 +1,12 @@
 """fusion_infer: control-head and base-DiT models, the ``mods=None`` protocol, the
 TimeConditioningCache, rectified-flow samplers and selective TFG guidance."""
 
-from .base_dit import BaseDiT, base_dit_config
-from .bounded_store import BoundedStore, CacheStats
-from .cache import TimeConditioningCache
-from .cache_core import CacheCore, bits_equal
+from .cache.core import CacheCore, bits_equal
+from .cache.keys import dedupe, float_bits, make_key, row_bits, row_keys, tensor_bits, tensor_key
+from .cache.offload import ResidentReport, WeightOffload, parameter_bytes
+from .cache.store import BoundedStore, CacheStats
+from .cache.time_conditioning import TimeConditioningCache
+from .cache.weight_watch import WeightSnapshot, WeightWatcher
 from .checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
     CheckpointError,
@@ -13,19 +15,22 @@ from .checkpoint import (
     load_head,
     read_metadata,
 )
-from .closed_loop import compare_errors, control_error, loudness_extractor, rising_pause_falling
-from .control_head import AdaLNZeroBlock, ControlHead, ControlHeadConfig, FinalLayer
-from .exact_keys import dedupe, float_bits, make_key, row_bits, row_keys, tensor_bits, tensor_key
-from .guidance import HeadGuidance, SelectiveTFG, step_weight_schedule
-from .head_cost import CostItem, HeadCost, head_cost, head_cost_items
-from .modulators import Modulators, chunked_modulator_table, split_modulator_table
+from .guidance.closed_loop import (
+    compare_errors,
+    control_error,
+    loudness_extractor,
+    rising_pause_falling,
+)
+from .guidance.render_caches import RenderCaches
+from .guidance.sampling import SampleResult, rf_sigmas, sample
+from .guidance.tfg import HeadGuidance, SelectiveTFG, step_weight_schedule
+from .models.base_dit import BaseDiT, base_dit_config
+from .models.control_head import AdaLNZeroBlock, ControlHead, ControlHeadConfig, FinalLayer
+from .models.cost import CostItem, HeadCost, head_cost, head_cost_items
+from .models.modulators import Modulators, chunked_modulator_table, split_modulator_table
+from .models.rotary import apply_rotary, rotary_tables
+from .models.timestep_embedding import TimestepEmbedder, sinusoidal_features, validate_timesteps
 from .noise_schedules import NOISE_SCHEDULES, NoiseSchedule, get_noise_schedule
-from .render_caches import RenderCaches
-from .rotary import apply_rotary, rotary_tables
-from .sampling import SampleResult, rf_sigmas, sample
-from .timestep_embedding import TimestepEmbedder, sinusoidal_features, validate_timesteps
-from .weight_offload import ResidentReport, WeightOffload, parameter_bytes
-from .weight_watch import WeightSnapshot, WeightWatcher
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",

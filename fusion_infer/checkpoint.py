@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .control_head import ControlHead, ControlHeadConfig
+from .models.control_head import ControlHead, ControlHeadConfig
 from .noise_schedules import NOISE_SCHEDULES
 
 __all__ = [

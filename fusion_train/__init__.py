@@ -11,20 +11,18 @@ Control-head training: :func:`train_head` (:class:`HeadTrainConfig`), :func:`exp
 :func:`load_training_state`, diversity training (:class:`DiversityConfig`).
 """
 
-from .diversity import DiversityConfig, DiversityLoss, derivative_correlation
-from .export import (
+from .optim.newton_schulz import orthogonalize
+from .optim.optimizer import FusionOpt, lr_shape_scale
+from .optim.recipes import COMPONENTS, RECIPES, resolve_components
+from .optim.routing import build_param_groups, summarise_groups
+from .training.diversity import DiversityConfig, DiversityLoss, derivative_correlation
+from .training.export import (
     averaged_state_dict,
     export_checkpoint,
     load_training_state,
     save_training_state,
 )
-from .losses import task_loss
-from .newton_schulz import orthogonalize
-from .optimizer import FusionOpt, lr_shape_scale
-from .recipes import COMPONENTS, RECIPES, resolve_components
-from .routing import build_param_groups, summarise_groups
-from .telemetry import TelemetryWriter, read_telemetry
-from .training import (
+from .training.loop import (
     TRAIN_RECIPES,
     HeadTrainConfig,
     TrainResult,
@@ -34,6 +32,8 @@ from .training import (
     train_head,
     validate_head,
 )
+from .training.losses import task_loss
+from .training.telemetry import TelemetryWriter, read_telemetry
 
 __all__ = [
     "COMPONENTS",

@@ -29,8 +29,8 @@ from typing import Any
 
 from fusion_infer.noise_schedules import NOISE_SCHEDULES
 
-from .losses import LOSSES
-from .training import TRAIN_RECIPES
+from .training.loop import TRAIN_RECIPES
+from .training.losses import LOSSES
 
 __all__ = ["build_parser", "main"]
 
@@ -165,10 +165,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_head(args: argparse.Namespace) -> int:
-    from fusion_infer.control_head import ControlHeadConfig
+    from fusion_infer.models.control_head import ControlHeadConfig
 
-    from .diversity import DiversityConfig
-    from .training import HeadTrainConfig, train_head
+    from .training.diversity import DiversityConfig
+    from .training.loop import HeadTrainConfig, train_head
 
     if args.diversity_reference is None and (args.warm_start or args.diversity_warmup):
         raise ValueError("--warm-start and --diversity-warmup need --diversity-reference")
@@ -202,7 +202,7 @@ def _cmd_head(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from fusion_infer.checkpoint import load_head
 
-    from .training import ValidationSet, t_grid, validate_head
+    from .training.loop import ValidationSet, t_grid, validate_head
 
     loaded = load_head(args.checkpoint, device=args.device)
     data = _load_data(args, progress=not args.json)

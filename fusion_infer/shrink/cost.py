@@ -1,6 +1,6 @@
 """``count_cost``: parameters and FLOPs per forward, by category and by block.
 
-Convention (the same as :mod:`fusion_infer.head_cost` and ``torch.utils.flop_counter``): a matrix
+Convention (the same as :mod:`fusion_infer.models.cost` and ``torch.utils.flop_counter``): a matrix
 product ``[m, k] × [k, n]`` costs ``2·m·n·k`` FLOPs (one multiply–add = 2 FLOPs); only matmul-like
 work is counted — every ``Linear``/``Conv2d`` weight product and attention's ``QKᵀ`` and ``AV`` —
 while biases, norms, activations, softmax, rotary and embedding-table gathers count 0.
@@ -22,7 +22,7 @@ the inner widths do, as in :func:`~fusion_infer.shrink.shrink_width`), while ``s
 scale with ``width · tokens²``. :meth:`ModelCost.structure` reports these terms.
 
 * :class:`~fusion_infer.ControlHead`: the analytic itemisation
-  :func:`fusion_infer.head_cost.head_cost_items` (the one accounting behind ``ControlHead.cost``).
+  :func:`fusion_infer.models.cost.head_cost_items` (the one accounting behind ``ControlHead.cost``).
 * diffusers ``DiTTransformer2DModel`` / ``PixArtTransformer2DModel``: measured — forward hooks on
   every ``Linear``/``Conv2d`` (FLOPs from the shapes they actually see) and every attention module
   (``QKᵀ``/``AV`` from query and key lengths), parameters from ``named_parameters``. DiT runs its
@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..head_cost import CATEGORIES, CostItem, head_cost_items
+from ..models.cost import CATEGORIES, CostItem, head_cost_items
 from .families import block_index, categorize, model_family
 
 __all__ = ["ModelCost", "count_cost", "cost_from_items"]
@@ -61,8 +61,8 @@ class ModelCost:
     Attributes:
         family: model family (:data:`fusion_infer.shrink.families.SUPPORTED_FAMILIES`).
         depth: number of blocks; width: residual width.
-        items: every :class:`~fusion_infer.head_cost.CostItem`.
-        params / flops: totals per category (keys :data:`fusion_infer.head_cost.CATEGORIES`).
+        items: every :class:`~fusion_infer.models.cost.CostItem`.
+        params / flops: totals per category (keys :data:`fusion_infer.models.cost.CATEGORIES`).
         block_params / block_flops: per block (all categories).
     """
 

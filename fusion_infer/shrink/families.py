@@ -3,7 +3,7 @@
 ``fusion_infer`` must not import ``diffusers`` (DESIGN §1), so diffusers transformers are
 recognised by class name and the attributes the shrink code touches (``transformer_blocks``,
 ``config.num_layers``, ``register_to_config``). Each family also fixes how a module path maps to
-a cost category (:data:`fusion_infer.head_cost.CATEGORIES`).
+a cost category (:data:`fusion_infer.models.cost.CATEGORIES`).
 
 Example:
     >>> from fusion_infer import ControlHead
@@ -17,6 +17,8 @@ import re
 from typing import Any
 
 from torch import nn
+
+from ..models.control_head import ControlHead
 
 __all__ = ["SUPPORTED_FAMILIES", "DIFFUSERS_CLASSES", "model_family", "block_list", "block_index", "categorize"]
 
@@ -32,8 +34,6 @@ def model_family(model: Any) -> str:
 
     A ``torch.compile`` wrapper is unwrapped first.
     """
-    from ..control_head import ControlHead  # shrink is imported by fusion_infer's package
-
     model = getattr(model, "_orig_mod", model)
     if isinstance(model, ControlHead):
         return "control_head"

@@ -6,7 +6,7 @@
   flux) from the clean audio, split by piece, cached on disk with a checksummed manifest.
 * :func:`synthetic_data`: enveloped tones with analytic ground truth, same return type.
 
-The mel scale, filterbank and band edges come from :mod:`fusion_infer.mel_bands` (one definition
+The mel scale, filterbank and band edges come from :mod:`fusion_infer.controls.mel_bands` (one definition
 for both halves). See ``docs/reference_data.md``.
 
 Example:

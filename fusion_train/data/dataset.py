@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from fusion_infer.control_features import ControlFeatureExtractor
-from fusion_infer.mel_bands import ControlBand, MelSpec
+from fusion_infer.controls.features import ControlFeatureExtractor
+from fusion_infer.controls.mel_bands import ControlBand, MelSpec
 
 __all__ = ["SPLITS", "ReferenceData"]
 

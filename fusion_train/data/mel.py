@@ -9,7 +9,7 @@ Power normalisation (Parseval): ``P_k = c_k·|X_k|² / (n_fft · Σ w²)`` with 
 interior bins and 1 for DC and Nyquist, so ``Σ_k P_k`` is the window-weighted mean square of the
 frame. A sine of amplitude ``a`` therefore has total power ``a²/2``, and band energies in dB are
 true RMS levels. The log-mel latent is ``10·log10(max(F @ P, amin))`` with ``F`` the shared
-filterbank (:func:`fusion_infer.mel_bands.mel_filterbank`).
+filterbank (:func:`fusion_infer.controls.mel_bands.mel_filterbank`).
 
 Example:
     >>> import torch
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from fusion_infer.mel_bands import MelSpec, mel_filterbank
+from fusion_infer.controls.mel_bands import MelSpec, mel_filterbank
 
 __all__ = ["log_mel", "power_spectrogram", "samples_for_frames"]
 

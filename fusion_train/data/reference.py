@@ -49,8 +49,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from fusion_infer.control_features import control_feature_names
-from fusion_infer.mel_bands import (
+from fusion_infer.controls.features import control_feature_names
+from fusion_infer.controls.mel_bands import (
     DEFAULT_CONTROL_BANDS,
     DEFAULT_DB_FLOOR,
     ControlBand,

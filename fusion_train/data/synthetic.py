@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fusion_infer.control_features import control_feature_names, power_to_db
-from fusion_infer.mel_bands import (
+from fusion_infer.controls.features import control_feature_names, power_to_db
+from fusion_infer.controls.mel_bands import (
     DEFAULT_CONTROL_BANDS,
     DEFAULT_DB_FLOOR,
     ControlBand,

@@ -37,6 +37,7 @@ from .families import (
     site_paths,
     unwrap_compiled,
 )
+from .slots import SlotTable
 
 __all__ = ["Modulators", "compute_modulators", "lora_scaled"]
 
@@ -166,8 +167,6 @@ def compute_modulators(
 
 def compute_with_slots_empty(model: nn.Module, family: Family, cond: CallConditioning) -> Modulators:
     """Compute with every slot temporarily empty, so modules really run (never replay)."""
-    from .slots import SlotTable  # local: slots imports families only
-
     table = SlotTable.get(model)
     previous = None
     if table is not None:

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from fusion_infer.weight_offload import ResidentReport, WeightOffload, parameter_bytes
+from fusion_infer.cache.offload import ResidentReport, WeightOffload, parameter_bytes
 
 __all__ = ["ResidentReport", "WeightOffload", "parameter_bytes", "refuse_offload_hooks"]
 

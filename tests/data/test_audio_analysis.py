@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusion_infer.mel_bands import MelSpec
+from fusion_infer.controls.mel_bands import MelSpec
 from fusion_train.data.controls import audio_control_targets
 from fusion_train.data.mel import log_mel, power_spectrogram, samples_for_frames
 from fusion_train.data.synth import NoteEvent, Timbre, _adsr, random_timbre, render_notes

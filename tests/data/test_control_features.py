@@ -1,15 +1,15 @@
-"""fusion_infer.control_features: latent-domain controls track the audio-domain targets."""
+"""fusion_infer.controls.features: latent-domain controls track the audio-domain targets."""
 
 import pytest
 import torch
 
-from fusion_infer.control_features import (
+from fusion_infer.controls.features import (
     ControlFeatureExtractor,
     control_feature_names,
     power_to_db,
     spectral_flux,
 )
-from fusion_infer.mel_bands import MelSpec
+from fusion_infer.controls.mel_bands import MelSpec
 from fusion_train.data import synthetic_data
 
 

@@ -6,8 +6,8 @@ import importlib
 import pytest
 
 MODULES = [
-    "fusion_infer.mel_bands",
-    "fusion_infer.control_features",
+    "fusion_infer.controls.mel_bands",
+    "fusion_infer.controls.features",
     "fusion_train.data",
     "fusion_train.data.cache",
     "fusion_train.data.controls",

@@ -1,6 +1,6 @@
 """Import boundaries, checked in a fresh interpreter (one subprocess: torch imports once).
 
-1. ``fusion_infer.mel_bands`` / ``control_features`` never import ``fusion_train``.
+1. ``fusion_infer.controls.mel_bands`` / ``control_features`` never import ``fusion_train``.
 2. Without ``music21`` installed, ``fusion_train.data`` still imports, ``synthetic_data`` works,
    and building the reference data raises an ImportError naming ``pip install fusion-dit[data]``.
 """
@@ -10,7 +10,7 @@ import sys
 
 CODE = """
 import sys
-import fusion_infer.control_features, fusion_infer.mel_bands
+import fusion_infer.controls.features, fusion_infer.controls.mel_bands
 assert not any(m.startswith("fusion_train") for m in sys.modules), "fusion_infer imported fusion_train"
 
 class BlockMusic21:

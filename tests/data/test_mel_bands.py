@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fusion_infer.mel_bands import (
+from fusion_infer.controls.mel_bands import (
     DEFAULT_CONTROL_BANDS,
     ControlBand,
     MelSpec,

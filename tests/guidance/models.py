@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fusion_infer import ControlHead, ControlHeadConfig
-from fusion_infer.base_dit import BaseDiT, base_dit_config
+from fusion_infer.models.base_dit import BaseDiT, base_dit_config
 
 CHANNELS, FRAMES = 8, 16
 

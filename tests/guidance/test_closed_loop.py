@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from fusion_infer.closed_loop import (
+from fusion_infer.guidance.closed_loop import (
     compare_errors,
     control_error,
     loudness_extractor,
@@ -67,11 +67,11 @@ def test_control_error_and_summary():
 @pytest.mark.parametrize(
     "name",
     [
-        "fusion_infer.base_dit",
-        "fusion_infer.guidance",
-        "fusion_infer.sampling",
-        "fusion_infer.render_caches",
-        "fusion_infer.closed_loop",
+        "fusion_infer.models.base_dit",
+        "fusion_infer.guidance.tfg",
+        "fusion_infer.guidance.sampling",
+        "fusion_infer.guidance.render_caches",
+        "fusion_infer.guidance.closed_loop",
     ],
 )
 def test_docstring_examples(name):

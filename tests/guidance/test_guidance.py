@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusion_infer.guidance import HeadGuidance, SelectiveTFG, control_loss, step_weight_schedule
-from fusion_infer.sampling import rf_sigmas, sample
+from fusion_infer.guidance.sampling import rf_sigmas, sample
+from fusion_infer.guidance.tfg import HeadGuidance, SelectiveTFG, control_loss, step_weight_schedule
 
 from .models import CHANNELS, FRAMES, ChannelMeanHead, PointOracle, noise, small_base, small_head
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusion_infer.base_dit import BaseDiT, base_dit_config
-from fusion_infer.render_caches import RenderCaches
-from fusion_infer.sampling import euler_step, pingpong_step, rf_sigmas, sample
+from fusion_infer.guidance.render_caches import RenderCaches
+from fusion_infer.guidance.sampling import euler_step, pingpong_step, rf_sigmas, sample
+from fusion_infer.models.base_dit import BaseDiT, base_dit_config
 
 from .models import CHANNELS, FRAMES, GaussianOracle, PointOracle, noise, small_base
 

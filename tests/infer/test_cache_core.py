@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fusion_infer.cache_core import (
+from fusion_infer.cache.core import (
     BoundedStore,
     CacheCore,
     WeightWatcher,

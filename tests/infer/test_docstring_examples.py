@@ -8,16 +8,16 @@ import importlib
 import pytest
 
 MODULES = [
-    "fusion_infer.exact_keys",
-    "fusion_infer.bounded_store",
-    "fusion_infer.weight_watch",
-    "fusion_infer.cache_core",
-    "fusion_infer.timestep_embedding",
-    "fusion_infer.rotary",
-    "fusion_infer.modulators",
-    "fusion_infer.control_head",
-    "fusion_infer.head_cost",
-    "fusion_infer.cache",
+    "fusion_infer.cache.keys",
+    "fusion_infer.cache.store",
+    "fusion_infer.cache.weight_watch",
+    "fusion_infer.cache.core",
+    "fusion_infer.models.timestep_embedding",
+    "fusion_infer.models.rotary",
+    "fusion_infer.models.modulators",
+    "fusion_infer.models.control_head",
+    "fusion_infer.models.cost",
+    "fusion_infer.cache.time_conditioning",
 ]
 
 

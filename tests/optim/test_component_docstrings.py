@@ -6,21 +6,21 @@ import doctest
 
 import pytest
 
-import fusion_train.compilation
-import fusion_train.kl_shampoo
-import fusion_train.mona
-import fusion_train.optimizer
-import fusion_train.recipes
+import fusion_train.optim.compilation
+import fusion_train.optim.kl_shampoo
+import fusion_train.optim.mona
+import fusion_train.optim.optimizer
+import fusion_train.optim.recipes
 
 
-@pytest.mark.parametrize("module", [fusion_train.mona, fusion_train.kl_shampoo])
+@pytest.mark.parametrize("module", [fusion_train.optim.mona, fusion_train.optim.kl_shampoo])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
     assert result.attempted > 5
     assert result.failed == 0
 
 
-@pytest.mark.parametrize("module", [fusion_train.optimizer, fusion_train.recipes, fusion_train.compilation])
+@pytest.mark.parametrize("module", [fusion_train.optim.optimizer, fusion_train.optim.recipes, fusion_train.optim.compilation])
 def test_wiring_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
     assert result.attempted > 0

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from fusion_train import FusionOpt, build_param_groups, compilation, lr_shape_scale, orthogonalize
-from fusion_train.kl_shampoo import KLShampooConfig, kl_shampoo_init_state, kl_shampoo_seed
-from fusion_train.mona import mona_gated_step, mona_init_buffers, mona_transform
+from fusion_train import FusionOpt, build_param_groups, lr_shape_scale, orthogonalize
+from fusion_train.optim import compilation
+from fusion_train.optim.kl_shampoo import KLShampooConfig, kl_shampoo_init_state, kl_shampoo_seed
+from fusion_train.optim.mona import mona_gated_step, mona_init_buffers, mona_transform
 
 from .conftest import TinyDiT, make_batches
 from .test_fusionopt import _loss, _train

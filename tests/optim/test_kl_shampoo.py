@@ -1,11 +1,11 @@
-"""KL-Shampoo components (fusion_train/kl_shampoo.py) against dense float64 references."""
+"""KL-Shampoo components (fusion_train/optim/kl_shampoo.py) against dense float64 references."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fusion_train.kl_shampoo import (
+from fusion_train.optim.kl_shampoo import (
     KLShampooConfig,
     KLShampooState,
     kl_shampoo_init_state,

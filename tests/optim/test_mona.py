@@ -1,4 +1,4 @@
-"""MONA gradient transform (fusion_train/mona.py): formula, first step, MONA-Lite, errors."""
+"""MONA gradient transform (fusion_train/optim/mona.py): formula, first step, MONA-Lite, errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fusion_train.mona import (
+from fusion_train.optim.mona import (
     DEFAULT_MONA_BETA,
     MonaConfig,
     default_mona_alpha,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fusion_train import orthogonalize
-from fusion_train.newton_schulz import COEFFICIENTS, soften
+from fusion_train.optim.newton_schulz import COEFFICIENTS, soften
 
 torch.manual_seed(0)
 

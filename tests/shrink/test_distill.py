@@ -11,7 +11,7 @@ from fusion_infer import ControlHead, ControlHeadConfig, load_head
 from fusion_infer.noise_schedules import get_noise_schedule
 from fusion_infer.shrink import shrink_depth, shrink_width
 from fusion_train.data import synthetic_data
-from fusion_train.distill import DistillConfig, default_feature_pairs, distill
+from fusion_train.training.distill import DistillConfig, default_feature_pairs, distill
 
 from .models import randomize_
 

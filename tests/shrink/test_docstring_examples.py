@@ -13,7 +13,7 @@ MODULES = [
     "fusion_infer.shrink.calibration",
     "fusion_infer.shrink.depth",
     "fusion_infer.shrink.width",
-    "fusion_train.distill",
+    "fusion_train.training.distill",
 ]
 
 

@@ -8,11 +8,11 @@ import pytest
 MODULES = [
     "fusion_infer.noise_schedules",
     "fusion_infer.checkpoint",
-    "fusion_train.losses",
-    "fusion_train.diversity",
-    "fusion_train.training",
-    "fusion_train.export",
-    "fusion_train.telemetry",
+    "fusion_train.training.losses",
+    "fusion_train.training.diversity",
+    "fusion_train.training.loop",
+    "fusion_train.training.export",
+    "fusion_train.training.telemetry",
     "fusion_train.cli",
 ]
 

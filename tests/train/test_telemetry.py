@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fusion_train import TelemetryWriter, make_optimizer, read_telemetry
-from fusion_train.telemetry import optimizer_telemetry
+from fusion_train.training.telemetry import optimizer_telemetry
 
 from .setups import TINY, random_head
 

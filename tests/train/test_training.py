@@ -21,7 +21,7 @@ from fusion_train import (
     train_head,
     validate_head,
 )
-from fusion_train.training import EpochSampler, ValidationSet, t_grid
+from fusion_train.training.loop import EpochSampler, ValidationSet, t_grid
 
 from .setups import TINY, WIDE, random_head, tiny_data
 

@@ -1,10 +1,10 @@
 """Knowledge distillation of a shrunk control head from its unshrunk teacher (issue 7).
 
 Loss per step, on the same noised batch ``x_t = α_t·x₀ + σ_t·ε`` that head training uses
-(:mod:`fusion_train.training`), following BK-SDM (Kim et al. 2023, arXiv 2305.15798, §3.2,
+(:mod:`fusion_train.training.loop`), following BK-SDM (Kim et al. 2023, arXiv 2305.15798, §3.2,
 ``L = L_task + λ_out·L_outKD + λ_feat·L_featKD``):
 
-* ``L_task`` — the head-training loss (Huber/L1/MSE, :func:`fusion_train.losses.task_loss`) of the
+* ``L_task`` — the head-training loss (Huber/L1/MSE, :func:`fusion_train.training.losses.task_loss`) of the
   student's prediction against the standardised targets; weight ``task_weight``;
 * ``L_outKD = MSE(student(x_t, t), teacher(x_t, t))`` — output distillation, weight
   ``output_weight``;
@@ -16,9 +16,9 @@ Loss per step, on the same noised batch ``x_t = α_t·x₀ + σ_t·ε`` that hea
   Residual widths must agree (shrink_width keeps them); TinyFusion's *masked* KD (dropping
   massive activations) is not implemented.
 
-The loop is issue 6's: :func:`fusion_train.training.fit` with :func:`make_optimizer`,
+The loop is issue 6's: :func:`fusion_train.training.loop.fit` with :func:`make_optimizer`,
 :func:`validate_head` (with the teacher as ``reference``, so ``val/mae_to_reference`` is logged),
-:class:`~fusion_train.telemetry.TelemetryWriter` and :func:`~fusion_train.export.export_checkpoint`
+:class:`~fusion_train.training.telemetry.TelemetryWriter` and :func:`~fusion_train.training.export.export_checkpoint`
 (averaged weights, ``best``/``last`` checkpoints loadable with ``fusion_infer.load_head``).
 
 Example:
@@ -48,14 +48,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusion_infer.checkpoint import TargetScaling
-from fusion_infer.control_head import ControlHead
+from fusion_infer.models.control_head import ControlHead
 from fusion_infer.noise_schedules import get_noise_schedule
 
+from ..optim.optimizer import FusionOpt
 from .export import export_checkpoint
-from .losses import task_loss
-from .optimizer import FusionOpt
-from .telemetry import TelemetryWriter
-from .training import (
+from .loop import (
     EpochSampler,
     TrainResult,
     ValidationSet,
@@ -65,6 +63,8 @@ from .training import (
     validate_head,
     validate_loop_config,
 )
+from .losses import task_loss
+from .telemetry import TelemetryWriter
 
 __all__ = ["DistillConfig", "distill", "default_feature_pairs"]
 
@@ -82,11 +82,11 @@ def default_feature_pairs(student_depth: int, teacher_depth: int) -> list[tuple[
 @dataclass(frozen=True)
 class DistillConfig:
     """Knobs of :func:`distill` (the training ones mean what they mean in
-    :class:`fusion_train.training.HeadTrainConfig`).
+    :class:`fusion_train.training.loop.HeadTrainConfig`).
 
     Attributes:
         recipe, lr, weight_decay, warmup_steps, optimizer_options: the student's optimizer
-            (:func:`~fusion_train.training.make_optimizer`).
+            (:func:`~fusion_train.training.loop.make_optimizer`).
         steps, batch_size, loss, huber_delta, noise_schedule, grad_clip, seed: training.
         task_weight, output_weight, feature_weight: loss weights (see the module docstring);
             at least one must be > 0.
@@ -188,11 +188,11 @@ def distill(
             ``config.dtype`` like the student.
         data: a :class:`~fusion_train.data.ReferenceData` (``split``, ``standardize_controls``,
             ``control_names/mean/std``), the data the teacher was trained on.
-        recipe: optimizer recipe (:data:`fusion_train.training.TRAIN_RECIPES`).
+        recipe: optimizer recipe (:data:`fusion_train.training.loop.TRAIN_RECIPES`).
         config: a :class:`DistillConfig`; ``options`` override its fields (``recipe`` too).
 
     Returns:
-        :class:`~fusion_train.training.TrainResult` with the student holding its final averaged
+        :class:`~fusion_train.training.loop.TrainResult` with the student holding its final averaged
         weights (``best_metrics`` include ``val/mae_to_reference``: MAE to the teacher, dB).
 
     Raises:

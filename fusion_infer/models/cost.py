@@ -1,9 +1,9 @@
-"""Parameter and FLOP counts of a :class:`~fusion_infer.control_head.ControlHead` forward.
+"""Parameter and FLOP counts of a :class:`~fusion_infer.models.control_head.ControlHead` forward.
 
 FLOPs follow the usual convention (and ``torch.utils.flop_counter``): ``2·m·n·k`` per matrix
 product, i.e. multiply–adds of every ``Linear`` and of attention's ``QKᵀ`` and ``AV``; norms,
 activations, rotary and softmax are not counted. The modulator path is reported separately
-because it is what :class:`~fusion_infer.cache.TimeConditioningCache` removes.
+because it is what :class:`~fusion_infer.cache.time_conditioning.TimeConditioningCache` removes.
 
 Example:
     >>> from fusion_infer import ControlHeadConfig, head_cost
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .control_head import ControlHeadConfig
+from .head_config import ControlHeadConfig
 
 __all__ = ["CostItem", "HeadCost", "head_cost", "head_cost_items"]
 

@@ -17,11 +17,11 @@ depends only on its own inputs and the weights (same shapes → same kernels), w
 check for random mixes and permutations. Elementwise transcendental ops (``sin``, ``SiLU``) are
 position-independent as long as a chunk's element count is a multiple of the CPU vector width
 (ATen finishes non-multiple tails with scalar code): hence
-:class:`fusion_infer.control_head.ControlHeadConfig` requires ``rows × width ≡ 0 (mod 64)``.
+:class:`fusion_infer.models.control_head.ControlHeadConfig` requires ``rows × width ≡ 0 (mod 64)``.
 
 Example:
     >>> import torch
-    >>> from fusion_infer.modulators import chunked_modulator_table
+    >>> from fusion_infer.models.modulators import chunked_modulator_table
     >>> W, b = torch.randn(12, 4), torch.randn(12)
     >>> embed = lambda t, cond: t[:, None].expand(-1, 4)
     >>> table = chunked_modulator_table(embed, W, b, torch.rand(5), None, rows_per_call=2)

@@ -10,10 +10,10 @@ Guarantees (tested in ``tests/infer/``):
 
 * **Lossless** — the cached forward equals the uncached one bit for bit (``torch.equal``): both
   run :meth:`ControlHead.modulator_rows`, whose rows do not depend on which rows were computed
-  together (fixed-shape chunks, :mod:`fusion_infer.modulators`), and the cache only copies rows.
+  together (fixed-shape chunks, :mod:`fusion_infer.models.modulators`), and the cache only copies rows.
 * **Exact keys** — the float32 (float64 for float64 heads) bits of each ``t`` after ``-0.0 → +0.0``
   canonicalisation, the bytes of ``cond`` rows, the parameter dtype and device. No rounding.
-* **Never stale** — :class:`~fusion_infer.cache_core.CacheCore` checks a fingerprint and a content
+* **Never stale** — :class:`~fusion_infer.cache.core.CacheCore` checks a fingerprint and a content
   tripwire of :meth:`ControlHead.modulator_parameters` on every lookup, recomputes a sentinel row
   with every miss computation (a free bitwise probe: it rides in the same GEMM chunk), probes on
   the first lookup after :meth:`attach`, on :meth:`render` entry and every ``probe_every``
@@ -51,12 +51,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .bounded_store import CacheStats
-from .cache_core import CacheCore
-from .exact_keys import dedupe, row_keys
-from .modulators import Modulators, split_modulator_table
-from .timestep_embedding import canonical_time_dtype, validate_timesteps
-from .weight_offload import ResidentReport, WeightOffload
+from ..models.modulators import Modulators, split_modulator_table
+from ..models.timestep_embedding import canonical_time_dtype, validate_timesteps
+from .core import CacheCore
+from .keys import dedupe, row_keys
+from .offload import ResidentReport, WeightOffload
+from .store import CacheStats
 
 __all__ = ["TimeConditioningCache"]
 
@@ -82,7 +82,7 @@ class TimeConditioningCache:
         offload_weights: keep :meth:`ControlHead.modulator_parameters` resting on
             ``offload_device`` and stream them to the head's device only to compute rows (a miss,
             a probe, :meth:`warm`); cached steps run with no modulator weight on the device
-            (:mod:`fusion_infer.weight_offload`). Undone by :meth:`restore_weights`.
+            (:mod:`fusion_infer.cache.offload`). Undone by :meth:`restore_weights`.
         offload_device: where offloaded weights rest (default ``"cpu"``).
 
     Example:

@@ -1,10 +1,10 @@
 """A small rectified-flow base DiT over log-mel latents, built from the control head's block family.
 
-The base model is a :class:`~fusion_infer.control_head.ControlHead` whose output has as many
-channels as its input: the same ``latent_proj``, :class:`~fusion_infer.timestep_embedding.TimestepEmbedder`,
+The base model is a :class:`~fusion_infer.models.control_head.ControlHead` whose output has as many
+channels as its input: the same ``latent_proj``, :class:`~fusion_infer.models.timestep_embedding.TimestepEmbedder`,
 adaLN-zero blocks (DiT, Peebles & Xie 2023 §3.2) and adaptive final layer, so the ``mods=None``
 protocol, :meth:`compute_modulators` and the
-:class:`~fusion_infer.cache.TimeConditioningCache` apply to it unchanged (DESIGN §3).
+:class:`~fusion_infer.cache.time_conditioning.TimeConditioningCache` apply to it unchanged (DESIGN §3).
 
 It predicts the rectified-flow velocity (Liu et al. 2023, "Flow straight and fast", Eq. 1;
 Esser et al. 2024, SD3 §2): with ``x_t = (1 − t)·x_0 + t·ε`` (``t = 0`` clean, ``t = 1`` noise, the
@@ -13,7 +13,7 @@ convention of research/latch.md §1.2) the target is ``v = ε − x_0``, and the
 
 Example:
     >>> import torch
-    >>> from fusion_infer.base_dit import BaseDiT, base_dit_config
+    >>> from fusion_infer.models.base_dit import BaseDiT, base_dit_config
     >>> model = BaseDiT(base_dit_config(in_channels=8, dim=32, depth=1, heads=2, freq_dim=32))
     >>> x = torch.randn(2, 8, 16)
     >>> model(x, 0.5).shape  # velocity, same shape as x

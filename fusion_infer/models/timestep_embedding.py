@@ -9,7 +9,7 @@ default) maps them onto DiT's integer-timestep range so the frequencies cover th
 
 Example:
     >>> import torch
-    >>> from fusion_infer.timestep_embedding import TimestepEmbedder
+    >>> from fusion_infer.models.timestep_embedding import TimestepEmbedder
     >>> emb = TimestepEmbedder(dim=32, freq_dim=16)
     >>> emb(torch.tensor([0.0, 0.5])).shape
     torch.Size([2, 32])

@@ -12,7 +12,7 @@ conditioning tensors (timesteps, pooled vectors, labels), not for activations.
 
 Example:
     >>> import torch
-    >>> from fusion_infer.exact_keys import make_key, row_keys
+    >>> from fusion_infer.cache.keys import make_key, row_keys
     >>> make_key(torch.tensor([0.5]), "cond") == make_key(torch.tensor([0.5]), "cond")
     True
     >>> k = row_keys(torch.tensor([0.25, 0.25, 1.0]))

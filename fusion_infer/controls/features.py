@@ -106,7 +106,7 @@ class ControlFeatureExtractor(nn.Module):
 
     Args:
         spec: the latent's mel analysis (must match the data it was built with).
-        bands: the energy bands (default bass/body/mid/air, edges in :mod:`fusion_infer.mel_bands`).
+        bands: the energy bands (default bass/body/mid/air, edges in :mod:`fusion_infer.controls.mel_bands`).
         db_floor: soft floor of the band energies in dB.
         latent_mean, latent_std: optional per-mel-bin standardisation stats ``[n_mels]``; when
             given, inputs are standardised latents and are de-standardised as ``z·std + mean``.

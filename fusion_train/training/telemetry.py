@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .optimizer import FusionOpt
+from ..optim.optimizer import FusionOpt
 
 __all__ = ["TelemetryWriter", "optimizer_telemetry", "read_telemetry"]
 

@@ -7,10 +7,10 @@ the diffusers integration (``fusion_diffusers``); model-specific glue decides *w
 Stable API (other packages build on it; names here do not change):
 
 * keys — :func:`make_key`, :func:`row_keys`, :func:`tensor_key`, :func:`tensor_bits`,
-  :func:`row_bits`, :func:`float_bits`, :func:`dedupe` (from :mod:`fusion_infer.exact_keys`);
-* storage — :class:`BoundedStore`, :class:`CacheStats` (from :mod:`fusion_infer.bounded_store`);
+  :func:`row_bits`, :func:`float_bits`, :func:`dedupe` (from :mod:`fusion_infer.cache.keys`);
+* storage — :class:`BoundedStore`, :class:`CacheStats` (from :mod:`fusion_infer.cache.store`);
 * weight changes — :class:`WeightWatcher`, :class:`WeightSnapshot`
-  (from :mod:`fusion_infer.weight_watch`);
+  (from :mod:`fusion_infer.cache.weight_watch`);
 * :func:`bits_equal` and :class:`CacheCore`, defined here.
 
 Never stale (DESIGN §4.3): four mechanisms, cheapest first. See ``docs/cache_invalidation.md``.
@@ -38,7 +38,7 @@ explicit             free                                         everything, in
 
 Example:
     >>> import torch
-    >>> from fusion_infer.cache_core import CacheCore, make_key
+    >>> from fusion_infer.cache.core import CacheCore, make_key
     >>> lin = torch.nn.Linear(4, 8)
     >>> core = CacheCore(lin.parameters, max_entries=16,
     ...                  recompute_probe=lambda x: lin(x).detach())
@@ -71,8 +71,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .bounded_store import BoundedStore, CacheStats, value_nbytes
-from .exact_keys import dedupe, float_bits, make_key, row_bits, row_keys, tensor_bits, tensor_key
+from .keys import dedupe, float_bits, make_key, row_bits, row_keys, tensor_bits, tensor_key
+from .store import BoundedStore, CacheStats, value_nbytes
 from .weight_watch import WeightSnapshot, WeightWatcher
 
 __all__ = [

@@ -15,12 +15,12 @@ Two layers, both checked on every cache lookup:
    research/inference.md Appendix A), so only content can reveal them. A dense change (EMA swap,
    LoRA merge, checkpoint load) alters essentially every element and is caught; a change confined
    to unsampled elements is not — that residue is what the bitwise probe of
-   :class:`fusion_infer.cache_core.CacheCore` and explicit invalidation are for.
+   :class:`fusion_infer.cache.core.CacheCore` and explicit invalidation are for.
    Cost: one ``cat`` over strided views + one bitwise compare (one host sync on CUDA).
 
 Example:
     >>> import torch
-    >>> from fusion_infer.weight_watch import WeightWatcher
+    >>> from fusion_infer.cache.weight_watch import WeightWatcher
     >>> lin = torch.nn.Linear(4, 4)
     >>> w = WeightWatcher(lin.parameters)
     >>> snap = w.snapshot()

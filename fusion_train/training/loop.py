@@ -49,15 +49,15 @@ import torch
 from torch import Tensor, nn
 
 from fusion_infer.checkpoint import TargetScaling, load_head
-from fusion_infer.control_head import ControlHead, ControlHeadConfig
+from fusion_infer.models.control_head import ControlHead, ControlHeadConfig
 from fusion_infer.noise_schedules import NOISE_SCHEDULES, NoiseSchedule, get_noise_schedule
 
+from ..optim.optimizer import FusionOpt
+from ..optim.recipes import RECIPES
+from ..optim.routing import build_param_groups
 from .diversity import DiversityConfig, DiversityLoss, derivative_correlation
 from .export import export_checkpoint, load_training_state, save_training_state
 from .losses import task_loss, validate_loss_name
-from .optimizer import FusionOpt
-from .recipes import RECIPES
-from .routing import build_param_groups
 from .telemetry import TelemetryWriter, optimizer_telemetry
 
 __all__ = [
@@ -472,7 +472,7 @@ class HeadTrainConfig:
         resume_from: a training-state file to resume from.
         log_every, progress, tensorboard: telemetry cadence, tqdm bar, TensorBoard (None: if installed).
         device, dtype: where and in which precision the head trains.
-        diversity: a :class:`~fusion_train.diversity.DiversityConfig` for diversity training.
+        diversity: a :class:`~fusion_train.training.diversity.DiversityConfig` for diversity training.
         max_seconds: stop after this much wall-clock time (equal-time comparisons).
     """
 
@@ -561,12 +561,12 @@ def train_head(config: HeadTrainConfig, data: Any = None) -> TrainResult:
     ``data=None`` builds the music21 reference data with default settings (cached on disk).
     See the module docstring for what is trained and validated; :class:`HeadTrainConfig` for the
     knobs. With ``config.diversity`` the loss is ``task − λ·min(MSE(pred, ref_pred), bound)``
-    against the frozen reference head (:mod:`fusion_train.diversity`).
+    against the frozen reference head (:mod:`fusion_train.training.diversity`).
     """
     if not isinstance(config, HeadTrainConfig):
         raise TypeError(f"config must be a HeadTrainConfig, got {type(config).__name__}")
     if data is None:
-        from .data import build_reference_data
+        from ..data import build_reference_data
 
         data = build_reference_data(progress=config.progress)
     device = torch.device(config.device)

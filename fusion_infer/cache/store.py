@@ -2,12 +2,12 @@
 
 Entries are tensors (or tuples/lists/dicts of tensors). The store is bounded by an entry count
 and/or a byte budget and evicts least-recently-used entries first. It knows nothing about models
-or weights: staleness is the job of :mod:`fusion_infer.weight_watch` and
-:class:`fusion_infer.cache_core.CacheCore`.
+or weights: staleness is the job of :mod:`fusion_infer.cache.weight_watch` and
+:class:`fusion_infer.cache.core.CacheCore`.
 
 Example:
     >>> import torch
-    >>> from fusion_infer.bounded_store import BoundedStore
+    >>> from fusion_infer.cache.store import BoundedStore
     >>> s = BoundedStore(max_entries=2)
     >>> s.put("a", torch.zeros(4)); s.put("b", torch.ones(4)); s.put("c", torch.ones(4))
     True

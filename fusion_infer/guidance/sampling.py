@@ -9,16 +9,16 @@ the model predicts the velocity ``v = ε − x_0``, so ``x̂_0 = x_σ − σ·v�
   ``sample_flow_pingpong``; research/latch.md §0.5): jump to the clean estimate and re-noise with
   fresh noise, ``x_{i+1} = (1 − σ_{i+1})·x̂_0 + σ_{i+1}·ε_{i+1}``.
 
-With a :class:`~fusion_infer.guidance.SelectiveTFG`, on every step where a head's window holds
+With a :class:`~fusion_infer.guidance.tfg.SelectiveTFG`, on every step where a head's window holds
 ``σ_i`` (research/latch.md §1.6)::
 
     Euler, mean_injection="tfg":   x_{i+1} = Euler(x_i, x̂_0) + (1 − σ_{i+1})·Δ_0 − g_var
     Euler, mean_injection="euler": x_{i+1} = Euler(x_i, x̂_0 + Δ_0) − g_var
     ping-pong:                     x_{i+1} = (1 − σ_{i+1})·(x̂_0 + Δ_0) + σ_{i+1}·ε − g_var
 
-**Caching** (``cache=``): ``True`` attaches a :class:`~fusion_infer.cache.TimeConditioningCache`
+**Caching** (``cache=``): ``True`` attaches a :class:`~fusion_infer.cache.time_conditioning.TimeConditioningCache`
 to the base model and every head for this render (warmed with the schedule and ``t = 0``);
-a :class:`~fusion_infer.render_caches.RenderCaches` reuses caches across renders; ``False``
+a :class:`~fusion_infer.guidance.render_caches.RenderCaches` reuses caches across renders; ``False``
 detaches any cache so every modulator is computed (the comparison path). Both paths give
 bit-identical latents on the same device and dtype (the cache is lossless, DESIGN §4), which
 ``tests/guidance`` checks with ``torch.equal``.
@@ -28,7 +28,7 @@ order, so a render is reproducible from ``(noise, generator seed)``.
 
 Example:
     >>> import torch
-    >>> from fusion_infer.base_dit import BaseDiT
+    >>> from fusion_infer.models.base_dit import BaseDiT
     >>> model = BaseDiT(in_channels=8, dim=32, depth=1, heads=2, freq_dim=32)
     >>> noise = torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(0))
     >>> a = sample(model, noise, rf_sigmas(8), cache=True).latents
@@ -48,8 +48,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .guidance import SelectiveTFG, frozen
 from .render_caches import RenderCaches, uncached
+from .tfg import SelectiveTFG, frozen
 
 __all__ = ["SAMPLERS", "SampleResult", "euler_step", "pingpong_step", "rf_sigmas", "sample"]
 
@@ -144,7 +144,7 @@ def sample(
     """Integrate from ``noise`` (at ``σ_0``) to ``σ = 0``, optionally with selective TFG.
 
     Args:
-        model: rectified-flow velocity model ``(x, t) → v`` (e.g. :class:`~fusion_infer.base_dit.BaseDiT`).
+        model: rectified-flow velocity model ``(x, t) → v`` (e.g. :class:`~fusion_infer.models.base_dit.BaseDiT`).
         noise: ``[B, C, T]`` initial state (``x`` at ``sigmas[0]``).
         sigmas: decreasing schedule ending at 0 (:func:`rf_sigmas`).
         sampler: ``"euler"`` or ``"pingpong"``.

@@ -2,7 +2,7 @@
 
 The reference data (``fusion_train.data``) turns audio into log-mel "latents" with this filterbank
 and measures control targets in these bands; the control-feature extractor
-(:mod:`fusion_infer.control_features`) reads the same bands back out of a log-mel latent. Keeping
+(:mod:`fusion_infer.controls.features`) reads the same bands back out of a log-mel latent. Keeping
 both here (``fusion_infer`` never imports ``fusion_train``) means there is exactly one definition.
 
 Mel scales (both are standard; the choice is an option, ``"htk"`` is the default because it gives

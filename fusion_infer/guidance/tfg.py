@@ -18,7 +18,7 @@ frames) and ``s_{h,i}`` head ``h``'s step weight at step ``i``:
       z ← x̂_0;  repeat N_iter:  z ← z − ∇_z Σ_h μ_h · s_{h,i} · ℓ_h(c_h(z + γ·ε, 0), y*_h)
       Δ_0 = z − x̂_0
 
-The sampler (:mod:`fusion_infer.sampling`) turns ``Δ_0`` and ``g_var`` into the next state.
+The sampler (:mod:`fusion_infer.guidance.sampling`) turns ``Δ_0`` and ``g_var`` into the next state.
 
 **Step weights** (``step_weights``): TFG normalises its per-step schedule to **mean 1** over the
 guided steps (``·len/sum``); dividing by the sum instead (``α_i/Σα``, the community RF port)
@@ -34,7 +34,7 @@ pitfall"). We always normalise to mean 1 over the steps inside each head's windo
 step fractions, so they mean the same noise levels whatever the step count or schedule shift.
 
 **Heads must be frozen for guidance** (only ``x`` is differentiated): :func:`frozen` switches
-``requires_grad`` off for the duration so the :class:`~fusion_infer.cache.TimeConditioningCache`
+``requires_grad`` off for the duration so the :class:`~fusion_infer.cache.time_conditioning.TimeConditioningCache`
 serves them instead of bypassing (it bypasses whenever modulator weights require grad).
 
 Example:

@@ -2,7 +2,7 @@
 
 A sampler calls the base model at every ``t_i`` of its schedule and each control head at
 ``t_i`` (variance guidance) and at ``t = 0`` (mean guidance). :class:`RenderCaches` keeps one
-:class:`~fusion_infer.cache.TimeConditioningCache` per model, so a caller that renders many
+:class:`~fusion_infer.cache.time_conditioning.TimeConditioningCache` per model, so a caller that renders many
 times with the same schedule pays for the modulators once; :func:`uncached` guarantees the
 opposite (no provider attached) for the ``cache=False`` comparison path.
 
@@ -24,7 +24,7 @@ from contextlib import ExitStack, contextmanager
 
 from torch import Tensor, nn
 
-from .cache import TimeConditioningCache
+from ..cache.time_conditioning import TimeConditioningCache
 
 __all__ = ["RenderCaches", "uncached"]
 

@@ -8,7 +8,7 @@ which is the same rotation as the paper's adjacent pairing up to a fixed channel
 
 Example:
     >>> import torch
-    >>> from fusion_infer.rotary import apply_rotary, rotary_tables
+    >>> from fusion_infer.models.rotary import apply_rotary, rotary_tables
     >>> cos, sin = rotary_tables(seq_len=5, head_dim=8)
     >>> q = torch.randn(1, 2, 5, 8)
     >>> apply_rotary(q, cos, sin).shape

@@ -3,7 +3,7 @@
 research/latch.md §1.4 ("verify a head closed-loop: generate, decode, re-extract, compare with
 the target"): the head is only a differentiable stand-in for the feature extractor, so the
 score must come from the extractor. Our latents are log-mels, so "decode" is the identity and
-the deterministic :class:`~fusion_infer.control_features.ControlFeatureExtractor` reads the
+the deterministic :class:`~fusion_infer.controls.features.ControlFeatureExtractor` reads the
 controls straight from the generated latent.
 
 * :func:`loudness_extractor` — broadband level in dB: one band covering 0 Hz…Nyquist, i.e.
@@ -33,8 +33,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .control_features import ControlFeatureExtractor
-from .mel_bands import DEFAULT_DB_FLOOR, ControlBand, MelSpec
+from ..controls.features import ControlFeatureExtractor
+from ..controls.mel_bands import DEFAULT_DB_FLOOR, ControlBand, MelSpec
 
 __all__ = [
     "LOUDNESS_BAND",

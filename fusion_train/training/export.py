@@ -44,8 +44,8 @@ from fusion_infer.checkpoint import (
     make_metadata,
 )
 
-from .optimizer import FusionOpt
-from .recipes import RECIPES
+from ..optim.optimizer import FusionOpt
+from ..optim.recipes import RECIPES
 
 __all__ = [
     "TRAINING_STATE_VERSION",

@@ -1,0 +1,90 @@
+"""Per-model-class descriptions of where diffusers DiTs compute their adaLN modulators.
+
+A *family* names, for one exact diffusers transformer class, every module whose output is a pure
+function of ``(timestep, conditioning, weights)`` — the *modulator sites* — and how to compute all
+of them at once from the model's forward arguments. Everything else in the integration (the slots
+that replay cached tensors, the cache key, the ``mods=None`` block patcher) is driven by this
+table, so supporting a new model means adding one module here (a :class:`Family` named ``FAMILY``),
+listing it in :data:`FAMILIES` and proving it bit-exact in the tests.
+
+One module per family (diffusers 0.42.1 sources; the papers are cited in each module):
+:mod:`.dit`, :mod:`.pixart`, :mod:`.sd3`, :mod:`.flux`, :mod:`.auraflow`, :mod:`.sana`; shared
+computations in :mod:`.patterns`, the :class:`Family` type in :mod:`.base`.
+
+Every model class not listed here — and every subclass of a listed class, whose ``forward`` may
+differ — is refused with :class:`UnsupportedModelError` naming the class.
+
+Example:
+    >>> from diffusers import DiTTransformer2DModel
+    >>> m = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+    ...                           num_layers=1, sample_size=4, num_embeds_ada_norm=10)
+    >>> fam = resolve_family(m)
+    >>> fam.name, site_paths(m, fam)[:2]
+    ('dit', ['proj_out_1', 'transformer_blocks.0.norm1.emb'])
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from . import auraflow, dit, flux, pixart, sana, sd3
+from .base import CallConditioning, ComputeFn, Family, UnsupportedModelError
+
+__all__ = [
+    "CallConditioning",
+    "ComputeFn",
+    "FAMILIES",
+    "Family",
+    "UnsupportedModelError",
+    "block_paths",
+    "resolve_family",
+    "site_paths",
+    "unwrap_compiled",
+]
+
+#: Every supported class → its family.
+FAMILIES: dict[type, Family] = {
+    mod.FAMILY.model_class: mod.FAMILY for mod in (dit, pixart, sd3, flux, auraflow, sana)
+}
+
+
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module inside a whole-model ``torch.compile`` wrapper (or ``model`` itself)."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def resolve_family(model: nn.Module) -> Family:
+    """The :class:`Family` of ``model`` or :class:`UnsupportedModelError` naming its class.
+
+    Only exact classes are accepted: a subclass may override ``forward`` and compute its
+    modulators differently, which the integration cannot prove it handles.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a diffusers transformer (torch.nn.Module), got {type(model).__name__}")
+    model = unwrap_compiled(model)
+    fam = FAMILIES.get(type(model))
+    if fam is None:
+        supported = ", ".join(sorted(c.__name__ for c in FAMILIES))
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is not supported by the modulator cache (supported classes: {supported}); "
+            "refusing rather than caching a layout that has not been proven bit-exact"
+        )
+    reason = fam.check(model)
+    if reason is not None:
+        raise UnsupportedModelError(f"{type(model).__name__} has an unsupported layout: {reason}")
+    return fam
+
+
+def block_paths(model: nn.Module, family: Family) -> list[str]:
+    """Dotted paths of every block of ``model`` (``"transformer_blocks.0"``, …) in call order."""
+    return [f"{name}.{i}" for name in family.block_lists for i in range(len(getattr(model, name)))]
+
+
+def site_paths(model: nn.Module, family: Family) -> list[str]:
+    """Dotted paths of every modulator site: model-level sites first, then blocks in order."""
+    paths = list(family.model_sites)
+    for bpath in block_paths(model, family):
+        block = model.get_submodule(bpath)
+        paths.extend(f"{bpath}.{rel}" for rel in family.block_sites(block))
+    return paths

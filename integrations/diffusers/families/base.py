@@ -1,0 +1,107 @@
+"""The description of one model family: which modules compute modulators and how.
+
+A *family* names, for one exact diffusers transformer class, every module whose output is a pure
+function of ``(timestep, conditioning, weights)`` — the *modulator sites* — and how to compute all
+of them at once from the model's forward arguments. Everything else in the integration (the slots
+that replay cached tensors, the cache key, the ``mods=None`` block patcher) is driven by these
+descriptions.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CallConditioning", "ComputeFn", "Family", "UnsupportedModelError"]
+
+
+class UnsupportedModelError(TypeError):
+    """Raised when a model (or one of its blocks) is not a layout the integration has proven."""
+
+
+@dataclass(frozen=True)
+class CallConditioning:
+    """Everything the modulators of one forward call depend on, besides the weights.
+
+    ``values`` maps names (``"class_labels"``, ``"pooled_projections"``, ``"guidance"``,
+    ``"added_cond_kwargs"``, ``"batch_size"``) to what the model passes to its embedders; the cache
+    key is built from the exact bits of ``timestep``, these values, ``hidden_dtype`` and
+    ``lora_scale``.
+    """
+
+    timestep: Tensor
+    values: dict[str, Any]
+    hidden_dtype: torch.dtype
+    lora_scale: float = 1.0
+
+
+ComputeFn = Callable[[nn.Module, CallConditioning], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one diffusers transformer class computes its modulators.
+
+    Attributes:
+        name: short family name (``"dit"``, ``"pixart"``, ``"sd3"``, ``"flux"``).
+        model_class: the exact class handled (subclasses are refused).
+        block_lists: names of the ``nn.ModuleList`` attributes holding the blocks.
+        model_sites: model-level site paths (outside blocks).
+        block_sites: block → its site paths relative to the block.
+        conditioning: forward-argument names (besides ``timestep``) feeding the modulators.
+        lora_scale_kwarg: forward kwarg whose ``"scale"`` entry diffusers' ``apply_lora_scale``
+            applies to PEFT layers for the call (None when the class has no such decorator).
+        compute: computes every site's output from a :class:`CallConditioning`.
+        check: returns a refusal reason for configurations the family does not cover, else None.
+        adjust_values: optional in-place edit of the picked conditioning values for inputs the
+            model ignores in some configurations (so they never split the key).
+    """
+
+    name: str
+    model_class: type
+    block_lists: tuple[str, ...]
+    model_sites: tuple[str, ...]
+    block_sites: Callable[[nn.Module], tuple[str, ...]]
+    conditioning: tuple[str, ...]
+    lora_scale_kwarg: str | None
+    compute: ComputeFn
+    check: Callable[[nn.Module], str | None]
+    adjust_values: Callable[[nn.Module, dict[str, Any]], None] | None = None
+
+    def call_conditioning(self, model: nn.Module, args: tuple, kwargs: dict) -> CallConditioning:
+        """Bind a forward call's arguments and pick out what the modulators depend on."""
+        bound = _forward_signature(self.model_class).bind(model, *args, **kwargs)
+        arguments = bound.arguments
+        hidden_states = arguments["hidden_states"]
+        timestep = arguments.get("timestep")
+        if not isinstance(timestep, Tensor):
+            raise TypeError(
+                f"{self.model_class.__name__}: the modulator cache needs `timestep` as a torch.Tensor, "
+                f"got {type(timestep).__name__}"
+            )
+        values = {name: arguments.get(name) for name in self.conditioning}
+        if "batch_size" in values:  # not a forward argument: the models take it from the latents
+            values["batch_size"] = hidden_states.shape[0]
+        if self.adjust_values is not None:
+            self.adjust_values(model, values)
+        lora_scale = 1.0
+        if self.lora_scale_kwarg is not None:
+            extra = arguments.get(self.lora_scale_kwarg)
+            if extra is not None:
+                lora_scale = extra.get("scale", 1.0)
+        return CallConditioning(timestep, values, hidden_states.dtype, lora_scale)
+
+
+_SIGNATURES: dict[type, inspect.Signature] = {}
+
+
+def _forward_signature(cls: type) -> inspect.Signature:
+    sig = _SIGNATURES.get(cls)
+    if sig is None:
+        sig = _SIGNATURES[cls] = inspect.signature(cls.forward)
+    return sig
