@@ -1,4 +1,4 @@
-"""Which weight changes does each invalidation signal see? (seed open question 6)
+"""Which weight changes does each invalidation signal see?
 
 For every kind of weight change a control head goes through in practice, records on the live
 parameters: whether ``data_ptr`` changed (the earlier design's only signal: the pointer of the

@@ -1,6 +1,6 @@
 """Per-step latency of diffusers DiTs with and without the lossless modulator cache.
 
-Method (DESIGN §2): for each model, one process builds the model with random weights, runs one
+Method (docs/design.md §2): for each model, one process builds the model with random weights, runs one
 warm-up render uncached and one cached (which fills the table), then alternates uncached (A) and
 cached (B) renders in ABBA order. A render is ``--steps`` denoising forwards at distinct
 timesteps with fixed inputs; the cached renders replay every modulator and pay the render-start

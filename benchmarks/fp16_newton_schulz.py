@@ -1,4 +1,4 @@
-"""Where does fp16 Newton–Schulz fail? Settles the seed material's claim with measurements.
+"""Where does fp16 Newton–Schulz fail? Settles a widely repeated claim with measurements.
 
 For Gaussian gradients of several sizes and entry magnitudes, compare
   naive fp16: cast G to fp16 first, then normalise by the fp16 Frobenius norm (a plain `.half()` port)

@@ -1,6 +1,6 @@
 """Benchmark: TimeConditioningCache on the LatCH guidance access pattern.
 
-Pattern (seed case study, research/latch.md §1.5): 40 sampler steps; per step one head call at
+Pattern (LatCH's selective TFG, arXiv 2603.04366): 40 sampler steps; per step one head call at
 ``t_curr`` and 4 mean-guidance calls at ``t = 0``; batch 1 and 4; T = 256; forward only
 (``inference_mode``) and forward + backward w.r.t. the input (frozen head, grad mode).
 

@@ -1,6 +1,6 @@
 """Benchmark: control-head quality per optimizer recipe on the music21 reference data.
 
-The seed material's table (research/latch.md §4.1, issue 6): AdamW, Muon, Muon+MONA, SF-NorMuon,
+The table of an earlier unpublished case study: AdamW, Muon, Muon+MONA, SF-NorMuon,
 Full — each with a small learning-rate sweep, 3 seeds — compared
 
 1. **at equal steps**: validation median per-frame MAE in dB (mean ± std over seeds, at each
@@ -17,10 +17,9 @@ and a PNG with the training loss and ``fusion/gamma_curr`` of each recipe's seed
 
 Protocol: one process; a short warm-up run per recipe first; runs are interleaved across recipes
 (seed-major order) so machine load hits all recipes alike; the sweep is done on seed 0 and the
-best lr is then run on the other seeds. Recipes FusionOpt does not offer yet (``muon+mona``,
-``full`` before issue 4 lands) are reported as unavailable, not faked.
+best lr is then run on the other seeds. Recipes FusionOpt does not offer are reported as unavailable, not faked.
 
-The seed material reports SF-NorMuon −7.4 % and Full −8.4 % vs AdamW. Report what this measures.
+That study reported SF-NorMuon −7.4 % and Full −8.4 % vs AdamW. Report what this measures.
 
 Run:  .venv/bin/python benchmarks/head_quality.py --reduced   (CPU, about 15 min on 2 busy cores)
       .venv/bin/python benchmarks/head_quality.py             (full design; hours on CPU)
@@ -147,7 +146,7 @@ def main(argv=None) -> None:
     print(data.summary().splitlines()[0], flush=True)
     recipes = [r for r in RECIPES if available(r)]
     unavailable = [r for r in RECIPES if r not in recipes]
-    print(f"recipes: {recipes}; unavailable until issue 4 lands: {unavailable}", flush=True)
+    print(f"recipes: {recipes}; unavailable: {unavailable}", flush=True)
     seeds = list(range(cfg["seeds"]))
     tmp = Path(tempfile.mkdtemp(prefix="head_quality_"))
 
@@ -219,20 +218,20 @@ def report(cfg, data, recipes, unavailable, sweep, best_lr, equal_steps, equal_t
         its = statistics.median(x["it_per_s"] for x in runs)
         rows_steps.append([name, f"{runs[0]['lr']:.1e}", f"{m:.3f} ± {s:.3f}", f"{100 * (m / adam_mae - 1):+.1f} %",
                            f"{its / adam_its:.2f}", len(runs)])
-    rows_steps += [[r, "–", "not available (needs issue 4)", "–", "–", 0] for r in unavailable]
+    rows_steps += [[r, "–", "not available", "–", "–", 0] for r in unavailable]
     rows_time = []
     for name, runs in equal_time.items():
         m, s = mean_std([x["best_val_mae"] for x in runs])
         rows_time.append([name, f"{statistics.fmean(x['steps'] for x in runs):.0f}", f"{m:.3f} ± {s:.3f}",
                           f"{100 * (m / adam_mae - 1):+.1f} %"])
-    rows_time += [[r, "–", "not available (needs issue 4)", "–"] for r in unavailable]
+    rows_time += [[r, "–", "not available", "–"] for r in unavailable]
     rows_sweep = [[r, f"{x['lr']:.1e}", f"{x['best_val_mae']:.3f}", "yes" if x["diverged"] else "no"]
                   for r in recipes for x in sweep[r]]
     rows_div = []
     for x in diversity_rows:
         label = f"{x['recipe']} + diversity ({'warm' if x['warm'] else 'fresh'})"
         if x.get("unavailable"):
-            rows_div.append([label, "not available (needs issue 4)", "–", "–", "–"])
+            rows_div.append([label, "not available", "–", "–", "–"])
             continue
         bm = x["best_metrics"]
         rows_div.append([label, "NaN (diverged)" if x["diverged"] else f"{x['best_val_mae']:.3f}",

@@ -1,6 +1,6 @@
 """Modulator weight offload: resident parameter bytes and the streamed-precompute overhead.
 
-Two parts (DESIGN §2 method: warm-up first, A/B interleaved in one process, medians):
+Two parts (docs/design.md §2 method: warm-up first, A/B interleaved in one process, medians):
 
 1. **Resident bytes** for DiT-XL/2-, SD3-medium- and FLUX.1-dev-shaped transformers at their
    *real* size, instantiated on the meta device (no memory, no download): all parameter bytes,
@@ -260,7 +260,7 @@ def markdown(data: dict) -> str:
           "", "Notes:", "",
           "* Offloaded = every slot site: the modulator Linears plus the embedders feeding them "
           "(DiT: its 28 per-block t+class embedders, 77.8 M params, hence 40.5 % vs 30.1 % for the "
-          "Linears alone in research/inference.md §1.2; SD3/Flux: `time_text_embed`).",
+          "Linears alone; SD3/Flux: `time_text_embed`).",
           "* Timings were taken on a shared 2-core CPU under heavy load from other jobs (load average "
           "~10); the ratio is A/B interleaved in one process, so drifts hit both sides.",
           "* On the CPU the offload and execution devices coincide: the precompute column is the "

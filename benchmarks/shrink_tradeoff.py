@@ -1,6 +1,6 @@
-"""Depth vs width shrink of a control head: quality, parameters, FLOPs, inference time (issue 7).
+"""Depth vs width shrink of a control head: quality, parameters, FLOPs, inference time.
 
-On the reference head task (music21 reference data, LatCH-F head, issue 6's ``train_head``):
+On the reference head task (music21 reference data, LatCH-F head, ``train_head``):
 train a depth-6 parent, derive
 
 * depth 4 (uniform), depth 4 (importance), depth 3 (importance),
@@ -10,7 +10,7 @@ and evaluate each **zero-shot** (shrunk, no training), **fine-tuned** (task loss
 ``distill(..., output_weight=0)``) and **distilled** (task + output KD from the parent,
 ``distill(...)``), all for the same number of steps with the same loop. A "parent, continued"
 row trains the parent itself for those extra steps (task loss only), so the children are compared
-with an equally-trained parent. Reported: validation median MAE (dB, issue 6's
+with an equally-trained parent. Reported: validation median MAE (dB,
 ``val/median_mae`` at the last validation), Δ vs the parent, parameters, FLOPs per forward
 (:func:`fusion_infer.shrink.count_cost`), and the inference time of one forward relative to the
 parent (A/B interleaved in this process after warm-up, median of repeats, ``mods=None`` uncached).
@@ -184,7 +184,7 @@ def main() -> None:
                seconds=time.perf_counter() - t_start)
     png = plot(rows, OUT_DIR / "shrink_tradeoff.png")
     md = [
-        "# Shrink trade-off: depth vs width (issue 7)",
+        "# Shrink trade-off: depth vs width",
         "",
         f"Configuration: {'reduced' if args.reduced else 'full'} — parent ControlHead dim {cfg['dim']}, depth 6, "
         f"heads {cfg['heads']}; data {len(data)} excerpts × {frames} frames ({cfg['data'] or 'default'}); "
@@ -200,7 +200,7 @@ def main() -> None:
         "",
         f"![quality vs cost]({png.name})",
         "",
-        "What this says about the seed material's open question 4 (depth vs width): see "
+        "What this says about depth vs width: see "
         "`docs/shrink.md`, section *Measured trade-off*.",
     ]
     write_report("shrink_tradeoff", out, "\n".join(md))

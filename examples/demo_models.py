@@ -2,14 +2,14 @@
 
 * ``train_base_rectified_flow`` — the base DiT (:class:`fusion_infer.BaseDiT`) as rectified flow
   (Liu et al. 2023; SD3 §2): ``x_t = (1 − t)·x_0 + t·ε``, loss ``‖v̂(x_t, t) − (ε − x_0)‖²``.
-* ``train_loudness_head`` — a LatCH-F control head (research/latch.md §1.4): inputs forward-noised
+* ``train_loudness_head`` — a LatCH-F control head (Novack et al. 2026, arXiv 2603.04366): inputs forward-noised
   with the base model's own RF schedule, target the *clean* latent's broadband loudness
   (:func:`fusion_infer.loudness_extractor`), standardised; MSE loss (the guidance loss too);
   random smooth gain curves augment the clean latents (see its docstring for why).
 
 Both use FusionOpt's default recipe ``"sf-normuon"`` directly in a short loop written here:
-the project's training loop and checkpoint export (issue 6) were not available on main when the
-demo was written. Checkpoints store the Schedule-Free **averaged** weights (``opt.eval()``
+it shows the optimizer's API in full (``fusion_train.train_head`` wraps the same steps for
+control heads). Checkpoints store the Schedule-Free **averaged** weights (``opt.eval()``
 before saving) in a safetensors file with JSON metadata, written atomically (temp file +
 ``os.replace``), under the user cache dir so a second ``make demo`` skips training.
 """
@@ -150,7 +150,7 @@ def base_model_samples(base: BaseDiT, n: int, frames: int, steps: int = 20, seed
     A briefly trained base model's samples are off the data manifold, and a head trained on data
     latents alone mispredicts them (measured ≈ 9 dB loudness error on the demo's samples vs
     ≈ 2 dB on data). The extractor is exact on *any* latent, so the base model's own samples
-    can be labelled and added to the head's training set (research/latch.md §1.4, LatCH-B).
+    can be labelled and added to the head's training set (LatCH-B, arXiv 2603.04366).
     """
     from fusion_infer import rf_sigmas, sample
 

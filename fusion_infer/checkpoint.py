@@ -1,4 +1,4 @@
-"""The checkpoint format that ties the halves together (DESIGN §6): schema, reader, validation.
+"""The checkpoint format that ties the halves together (docs/design.md §6): schema, reader, validation.
 
 A checkpoint is one ``safetensors`` file: the model's weights (for Schedule-Free training the
 *averaged* iterate x, written by :func:`fusion_train.export_checkpoint`) and, in the safetensors
@@ -71,8 +71,8 @@ REQUIRED_KEYS = (
 )
 OPTIONAL_KEYS = ("targets", "extra")
 
-# name -> (model class, config class with from_dict/to_dict). Other model families (the base DiT of
-# issue 8) register themselves so one reader serves them all.
+# name -> (model class, config class with from_dict/to_dict). Other model families (the base DiT)
+# register themselves so one reader serves them all.
 MODEL_CLASSES: dict[str, tuple[type[nn.Module], Any]] = {"ControlHead": (ControlHead, ControlHeadConfig)}
 
 

@@ -1,7 +1,7 @@
 """Forward noise schedules ``x_t = α_t·x0 + σ_t·ε`` shared by training and sampling.
 
 A control head must be trained with the base model's own forward schedule (LatCH-F,
-research/latch.md §1.4: "a head trained with the wrong schedule produces unreliable guidance"), so
+Novack et al. 2026, arXiv 2603.04366: a head trained with the wrong schedule gives unreliable guidance), so
 a schedule is a small named object and the name goes into every checkpoint
 (:mod:`fusion_infer.checkpoint`). Time runs over ``t ∈ [0, 1]``, ``t = 0`` clean, ``t = 1`` noise.
 

@@ -13,7 +13,7 @@ Stable API (other packages build on it; names here do not change):
   (from :mod:`fusion_infer.cache.weight_watch`);
 * :func:`bits_equal` and :class:`CacheCore`, defined here.
 
-Never stale (DESIGN §4.3): four mechanisms, cheapest first. See ``docs/cache_invalidation.md``.
+Never stale (docs/design.md §4.3): four mechanisms, cheapest first. See ``docs/cache_invalidation.md``.
 
 ===================  ===========================================  ================================
 mechanism            cost                                         catches

@@ -10,7 +10,7 @@ Mechanism (the same one diffusers' group offloading uses, so ``Parameter`` objec
 ``state_dict`` and ``EMAModel.copy_to`` keep working): each tensor's ``.data`` *rests* on
 ``offload_device``; for a computation it is pointed at a copy on the execution device and
 pointed back afterwards. Pointing back restores the same storage, ``data_ptr`` and ``_version``,
-so a cache's weight fingerprint and content tripwire (DESIGN §4.3) watch the offloaded copy
+so a cache's weight fingerprint and content tripwire (docs/design.md §4.3) watch the offloaded copy
 itself: writes to it are still detected. Bits are unchanged: the same weights run on the same
 device and dtype as without offload.
 

@@ -1,4 +1,4 @@
-"""A bounded LRU table of tensors with hit/miss/byte statistics (DESIGN §4.6).
+"""A bounded LRU table of tensors with hit/miss/byte statistics (docs/design.md §4.6).
 
 Entries are tensors (or tuples/lists/dicts of tensors). The store is bounded by an entry count
 and/or a byte budget and evicts least-recently-used entries first. It knows nothing about models

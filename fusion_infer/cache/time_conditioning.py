@@ -1,7 +1,7 @@
-"""TimeConditioningCache: lossless reuse of a control head's adaLN modulators (DESIGN §3–§4).
+"""TimeConditioningCache: lossless reuse of a control head's adaLN modulators (docs/design.md §3–§4).
 
 Modulators are pure functions of ``(t, conditioning, weights)``. In guided sampling the head is
-called at the same timesteps over and over (research/latch.md §1.5: per sampler step one call at
+called at the same timesteps over and over (LatCH's selective TFG, Novack et al. 2026, arXiv 2603.04366: per sampler step one call at
 ``t_curr`` and ``N_iter = 4`` mean-guidance calls at ``t = 0``), and across renders with the same
 schedule. The cache stores one row of the stacked modulator table per distinct
 ``(t bits, cond bits, dtype, device)`` and gathers rows for each batch.

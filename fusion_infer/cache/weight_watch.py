@@ -1,4 +1,4 @@
-"""Cheap detection of weight changes for caches of weight-dependent values (DESIGN §4.3).
+"""Cheap detection of weight changes for caches of weight-dependent values (docs/design.md §4.3).
 
 Two layers, both checked on every cache lookup:
 
@@ -11,8 +11,8 @@ Two layers, both checked on every cache lookup:
 2. **Content tripwire** — ``samples_per_tensor`` elements at fixed strided positions of every
    watched tensor, copied at snapshot time and compared *bitwise* later. Writes through ``.data``
    (``p.data.copy_`` as in ``ema_pytorch`` / diffusers ``EMAModel.copy_to``, PEFT merges
-   ``weight.data += delta``) keep ``data_ptr`` **and** ``_version`` (measured:
-   research/inference.md Appendix A), so only content can reveal them. A dense change (EMA swap,
+   ``weight.data += delta``) keep ``data_ptr`` **and** ``_version`` (measured by
+   ``benchmarks/cache_invalidation_probes.py``), so only content can reveal them. A dense change (EMA swap,
    LoRA merge, checkpoint load) alters essentially every element and is caught; a change confined
    to unsampled elements is not — that residue is what the bitwise probe of
    :class:`fusion_infer.cache.core.CacheCore` and explicit invalidation are for.

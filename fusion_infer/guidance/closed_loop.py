@@ -1,6 +1,6 @@
 """Closed-loop evaluation of guidance: re-measure the control on the generated latent.
 
-research/latch.md §1.4 ("verify a head closed-loop: generate, decode, re-extract, compare with
+LatCH (Novack et al. 2026, arXiv 2603.04366) advises to "verify a head closed-loop: generate, decode, re-extract, compare with
 the target"): the head is only a differentiable stand-in for the feature extractor, so the
 score must come from the extractor. Our latents are log-mels, so "decode" is the identity and
 the deterministic :class:`~fusion_infer.controls.features.ControlFeatureExtractor` reads the

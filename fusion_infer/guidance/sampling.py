@@ -1,16 +1,16 @@
 """Rectified-flow samplers (Euler and ping-pong), optionally with selective TFG guidance.
 
-Convention (research/latch.md §1.2): ``x_σ = (1 − σ)·x_0 + σ·ε``, ``σ = 1`` noise, ``σ = 0`` data;
+Convention (rectified flow, Liu et al. 2023; SD3, Esser et al. 2024 §2): ``x_σ = (1 − σ)·x_0 + σ·ε``, ``σ = 1`` noise, ``σ = 0`` data;
 the model predicts the velocity ``v = ε − x_0``, so ``x̂_0 = x_σ − σ·v̂``.
 
 * **Euler** (Liu et al. 2023, Eq. 1 integrated with explicit Euler; equal to DDIM with η = 0 in
   RF form): ``x_{i+1} = x_i + (σ_{i+1} − σ_i)·v̂ = (σ_{i+1}/σ_i)·x_i + (1 − σ_{i+1}/σ_i)·x̂_0``.
 * **Ping-pong** (Stable Audio Open Small's sampler, ``stable-audio-tools``
-  ``sample_flow_pingpong``; research/latch.md §0.5): jump to the clean estimate and re-noise with
+  ``sample_flow_pingpong``): jump to the clean estimate and re-noise with
   fresh noise, ``x_{i+1} = (1 − σ_{i+1})·x̂_0 + σ_{i+1}·ε_{i+1}``.
 
 With a :class:`~fusion_infer.guidance.tfg.SelectiveTFG`, on every step where a head's window holds
-``σ_i`` (research/latch.md §1.6)::
+``σ_i`` (LatCH's selective TFG, arXiv 2603.04366)::
 
     Euler, mean_injection="tfg":   x_{i+1} = Euler(x_i, x̂_0) + (1 − σ_{i+1})·Δ_0 − g_var
     Euler, mean_injection="euler": x_{i+1} = Euler(x_i, x̂_0 + Δ_0) − g_var
@@ -20,7 +20,7 @@ With a :class:`~fusion_infer.guidance.tfg.SelectiveTFG`, on every step where a h
 to the base model and every head for this render (warmed with the schedule and ``t = 0``);
 a :class:`~fusion_infer.guidance.render_caches.RenderCaches` reuses caches across renders; ``False``
 detaches any cache so every modulator is computed (the comparison path). Both paths give
-bit-identical latents on the same device and dtype (the cache is lossless, DESIGN §4), which
+bit-identical latents on the same device and dtype (the cache is lossless, docs/design.md §4), which
 ``tests/guidance`` checks with ``torch.equal``.
 
 Randomness (ping-pong noise, mean-guidance smoothing) is drawn from ``generator`` in a fixed

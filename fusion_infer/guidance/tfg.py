@@ -3,8 +3,8 @@
 Sources: TFG — Ye et al., "TFG: Unified Training-Free Guidance for Diffusion Models", NeurIPS 2024
 (arXiv 2409.15761), Alg. 1 / ``methods/tfg.py::guide_step``; LatCH's *selective* TFG — Novack et
 al. 2026 (arXiv 2603.04366), which swaps TFG's predictor ``f`` for a latent control head ``c_φ``
-and applies guidance only on a window of steps. Our derivation and the pitfalls are in
-``research/latch.md`` §1.5–§1.6. With ``ℓ`` the per-sample control loss (mean over channels and
+and applies guidance only on a window of steps. TFG: Ye et al. 2024, arXiv 2409.15761;
+LatCH: Novack et al. 2026, arXiv 2603.04366. With ``ℓ`` the per-sample control loss (mean over channels and
 frames) and ``s_{h,i}`` head ``h``'s step weight at step ``i``:
 
 * **variance guidance** (TFG ``Δ_t``, "cheap form" of §1.6: the head is evaluated at the *current*
@@ -22,8 +22,8 @@ The sampler (:mod:`fusion_infer.guidance.sampling`) turns ``Δ_0`` and ``g_var``
 
 **Step weights** (``step_weights``): TFG normalises its per-step schedule to **mean 1** over the
 guided steps (``·len/sum``); dividing by the sum instead (``α_i/Σα``, the community RF port)
-silently divides the strength by the number of steps (research/latch.md §1.6, "step-weight
-pitfall"). We always normalise to mean 1 over the steps inside each head's window:
+silently divides the strength by the number of steps (the
+"step-weight pitfall"). We always normalise to mean 1 over the steps inside each head's window:
 
 * ``"constant"`` (default): ``s_{h,i} = 1`` inside the window;
 * ``"increase"``: TFG's ``α_t = ᾱ_t/ᾱ_{t−1}`` in RF form, ``(1 − t_i)/(1 − t_{i+1})`` (0 at
@@ -77,7 +77,7 @@ def control_loss(pred: Tensor, target: Tensor, loss: str = "mse", huber_delta: f
     """Per-sample control loss ``[B]``: the mean over channels and frames of the element loss.
 
     A mean per sample (not over the batch) keeps each sample's guidance gradient independent
-    of the batch size. Use the loss the head was trained with (research/latch.md §1.4).
+    of the batch size. Use the loss the head was trained with (as LatCH does).
 
     Example:
         >>> control_loss(torch.ones(2, 1, 4), torch.zeros(1, 4)).tolist()
@@ -225,7 +225,7 @@ class SelectiveTFG:
         mean_injection: how ``Δ_0`` enters an Euler step: ``"tfg"`` (default) adds
             ``(1 − σ_{i+1})·Δ_0`` to the *unguided* Euler step, the RF analogue of TFG's
             ``√ᾱ_{t−1}·Δ_0``; ``"euler"`` recomputes the Euler step from the guided clean estimate,
-            which adds only ``(1 − σ_{i+1}/σ_i)·Δ_0`` (much weaker early; research/latch.md §1.6).
+            which adds only ``(1 − σ_{i+1}/σ_i)·Δ_0`` (much weaker early).
             Ping-pong always uses the guided clean estimate, which is TFG-like by construction.
 
     Example:

@@ -4,11 +4,11 @@ The base model is a :class:`~fusion_infer.models.control_head.ControlHead` whose
 channels as its input: the same ``latent_proj``, :class:`~fusion_infer.models.timestep_embedding.TimestepEmbedder`,
 adaLN-zero blocks (DiT, Peebles & Xie 2023 §3.2) and adaptive final layer, so the ``mods=None``
 protocol, :meth:`compute_modulators` and the
-:class:`~fusion_infer.cache.time_conditioning.TimeConditioningCache` apply to it unchanged (DESIGN §3).
+:class:`~fusion_infer.cache.time_conditioning.TimeConditioningCache` apply to it unchanged (docs/design.md §3).
 
 It predicts the rectified-flow velocity (Liu et al. 2023, "Flow straight and fast", Eq. 1;
 Esser et al. 2024, SD3 §2): with ``x_t = (1 − t)·x_0 + t·ε`` (``t = 0`` clean, ``t = 1`` noise, the
-convention of research/latch.md §1.2) the target is ``v = ε − x_0``, and the clean estimate is
+convention of LatCH's rectified-flow port) the target is ``v = ε − x_0``, and the clean estimate is
 ``x̂_0 = x_t − t·v̂`` (:meth:`BaseDiT.clean_estimate`).
 
 Example:

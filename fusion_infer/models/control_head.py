@@ -1,6 +1,6 @@
 """LatCH-style control head: a small adaLN-zero transformer ``(z [B, C_in, T], t) -> [B, C_out, T]``.
 
-Architecture (research/latch.md §1.3; Novack et al. 2026, arXiv 2603.04366 for the role of the
+Architecture (LatCH, Novack et al. 2026, arXiv 2603.04366, for the role and shape of the
 head; the block is DiT's adaLN-zero block, Peebles & Xie 2023 §3.2):
 
 * ``latent_proj``: ``Linear(C_in, dim)`` per latent frame;
@@ -13,7 +13,7 @@ head; the block is DiT's adaLN-zero block, Peebles & Xie 2023 §3.2):
 * :class:`FinalLayer`: adaptive LayerNorm (``shift, scale`` from ``SiLU → Linear(dim, 2·dim)``,
   zero-initialised) and ``Linear(dim, C_out)``.
 
-**The ``mods=None`` protocol (DESIGN §3).** ``forward(x, t, mods=None)``: with ``mods`` given
+**The ``mods=None`` protocol (docs/design.md §3).** ``forward(x, t, mods=None)``: with ``mods`` given
 (a :class:`~fusion_infer.models.modulators.Modulators`) the blocks use them and ``t`` is not needed;
 otherwise the model obtains them from an attached
 :class:`~fusion_infer.cache.time_conditioning.TimeConditioningCache` or computes them with

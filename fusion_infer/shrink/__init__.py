@@ -1,4 +1,4 @@
-"""Depth and width shrink of adaLN-zero DiTs, with cost accounting (issue 7).
+"""Depth and width shrink of adaLN-zero DiTs, with cost accounting.
 
 * :func:`count_cost` — parameters and FLOPs per forward by category and block.
 * :func:`shrink_depth` / :func:`block_importance` — drop whole blocks (uniform or by importance).

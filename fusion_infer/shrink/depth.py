@@ -1,6 +1,7 @@
 """Depth shrink: keep a subset of the transformer blocks.
 
-Strategies (research/inference.md §6):
+Strategies (TinyFusion, Fang et al. 2024, arXiv 2412.01199; BK-SDM, Kim et al. 2023,
+arXiv 2305.15798; ShortGPT, Men et al. 2024, arXiv 2403.03853):
 
 * ``"uniform"`` — keep ``n`` blocks evenly spread over the stack, indices
   ``round(i · (L−1)/(n−1))`` for ``i = 0…n−1`` (first and last always kept), the fixed-pattern

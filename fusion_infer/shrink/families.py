@@ -1,6 +1,6 @@
 """Model families the shrink tools understand, recognised without importing diffusers.
 
-``fusion_infer`` must not import ``diffusers`` (DESIGN §1), so diffusers transformers are
+``fusion_infer`` must not import ``diffusers`` (docs/design.md §1), so diffusers transformers are
 recognised by class name and the attributes the shrink code touches (``transformer_blocks``,
 ``config.num_layers``, ``register_to_config``). Each family also fixes how a module path maps to
 a cost category (:data:`fusion_infer.models.cost.CATEGORIES`).

@@ -1,4 +1,4 @@
-"""Named FusionOpt recipes and validation of component sets (DESIGN §5)."""
+"""Named FusionOpt recipes and validation of component sets (docs/design.md §5)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def resolve_components(
         )
     if "shampoo" in comps and "ns5" not in comps and not allow_unbounded:
         raise ValueError(
-            "component 'shampoo' without 'ns5' is unbounded (it diverged alone in the seed runs); "
+            "component 'shampoo' without 'ns5' is unbounded (it diverged when run alone); "
             "add 'ns5' or pass allow_unbounded=True"
         )
     return comps

@@ -1,4 +1,4 @@
-"""Knowledge distillation of a shrunk control head from its unshrunk teacher (issue 7).
+"""Knowledge distillation of a shrunk control head from its unshrunk teacher.
 
 Loss per step, on the same noised batch ``x_t = α_t·x₀ + σ_t·ε`` that head training uses
 (:mod:`fusion_train.training.loop`), following BK-SDM (Kim et al. 2023, arXiv 2305.15798, §3.2,
@@ -16,7 +16,7 @@ Loss per step, on the same noised batch ``x_t = α_t·x₀ + σ_t·ε`` that hea
   Residual widths must agree (shrink_width keeps them); TinyFusion's *masked* KD (dropping
   massive activations) is not implemented.
 
-The loop is issue 6's: :func:`fusion_train.training.loop.fit` with :func:`make_optimizer`,
+The loop is head training's: :func:`fusion_train.training.loop.fit` with :func:`make_optimizer`,
 :func:`validate_head` (with the teacher as ``reference``, so ``val/mae_to_reference`` is logged),
 :class:`~fusion_train.training.telemetry.TelemetryWriter` and :func:`~fusion_train.training.export.export_checkpoint`
 (averaged weights, ``best``/``last`` checkpoints loadable with ``fusion_infer.load_head``).

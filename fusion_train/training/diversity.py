@@ -1,4 +1,6 @@
-"""Diversity training: a new head repelled from a frozen reference head (research/latch.md §4).
+"""Diversity training: a new head repelled from a frozen reference head (after the diversity loss of the
+community LatCH re-implementation, Taikakim/stable-audio-tools-avp
+``training/diversity_loss.py``).
 
 Loss (§4.1, the community re-implementation's ``DiversityLoss``)::
 

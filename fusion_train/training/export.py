@@ -1,4 +1,4 @@
-"""Checkpoint export (averaged weights, DESIGN §6) and full training state for resuming.
+"""Checkpoint export (averaged weights, docs/design.md §6) and full training state for resuming.
 
 * :func:`export_checkpoint` writes the inference checkpoint read by :func:`fusion_infer.load_head`:
   the **Schedule-Free averaged iterate x** of every parameter, whatever mode the optimizer is in.

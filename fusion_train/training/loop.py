@@ -1,6 +1,6 @@
 """Control-head training (LatCH-F) and the generic training loop it runs on.
 
-**What is trained** (research/latch.md §1.4, LatCH-F): a :class:`~fusion_infer.ControlHead` maps a
+**What is trained** (LatCH-F, Novack et al. 2026, arXiv 2603.04366): a :class:`~fusion_infer.ControlHead` maps a
 noised latent ``z_t = α_t·z0 + σ_t·ε`` (the base model's forward schedule, ``t ~ U[0, 1]``) to the
 control features of the *clean* audio, ``[B, C, T]``. Targets are standardised per channel with
 the train split's statistics (low-variance targets otherwise collapse to the mean, §1.4); the loss
@@ -11,11 +11,10 @@ over the control channels for each frame; the median over all those frames is th
 re-implementation's ``val_point_mae``; the mean is skewed by outliers). It is also reported per
 t-bucket and per channel. The best checkpoint by that score is kept.
 
-**Layers** (issue 7's distillation reuses the lower two):
+**Layers** (distillation, :mod:`fusion_train.training.distill`, reuses the lower two):
 
 * :func:`make_optimizer` — recipes by name: ``adamw`` (``torch.optim.AdamW``), ``muon``,
-  ``muon+mona``, ``sf-normuon``, ``full`` (FusionOpt recipes; ``muon+mona`` and ``full`` need the
-  MONA/KL-Shampoo components of issue 4 and say so until they are merged).
+  ``muon+mona``, ``sf-normuon``, ``full`` (FusionOpt recipes).
 * :func:`fit` — the generic inner loop: ``loss_fn(step) -> (loss, scalars)``, backward, optional
   gradient clipping, ``optimizer.step``; telemetry every ``log_every`` steps; validation every
   ``val_every`` steps inside :func:`averaged_weights` (``optimizer.eval()`` → x, then back to y);

@@ -1,7 +1,7 @@
 """Regression losses for control heads, by name (the name is recorded in the checkpoint).
 
-LatCH's re-implementation trains with SmoothL1 (Huber) on standardised targets (research/latch.md
-§1.4, ``β = 1`` on standardised targets); L1 and MSE are the other two options the issue asks for.
+LatCH's re-implementation trains with SmoothL1 (Huber) on standardised targets (``β = 1``
+on standardised targets); L1 and MSE are the other two options.
 Guidance must use the loss the head was trained with, so the name travels with the checkpoint.
 
 * ``"huber"``: ``½d²/δ`` for ``|d| < δ`` else ``|d| − ½δ`` (Huber 1964; PyTorch's ``smooth_l1_loss``

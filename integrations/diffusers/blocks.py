@@ -1,4 +1,4 @@
-"""The ``mods=None`` block protocol for diffusers DiT blocks (DESIGN §3).
+"""The ``mods=None`` block protocol for diffusers DiT blocks (docs/design.md §3).
 
 :func:`patch_blocks` registers a ``"fusion_block_mods"`` hook on every block of a supported
 transformer; the block's ``forward`` then accepts a trailing keyword ``mods=None``:

@@ -32,7 +32,7 @@ def _positive_or_none(name: str, value: object) -> None:
 
 @dataclass(frozen=True)
 class ModulatorCacheConfig:
-    """Settings of the lossless modulator cache (DESIGN §4).
+    """Settings of the lossless modulator cache (docs/design.md §4).
 
     Attributes:
         max_entries: most cached calls kept (LRU); one entry holds every modulator of one

@@ -1,6 +1,7 @@
 """``apply_modulator_cache`` / ``remove_modulator_cache``: the lossless modulator cache as diffusers hooks.
 
-Layout (diffusers' hooks convention, research/inference.md §3.3):
+Layout (diffusers' hooks convention, ``src/diffusers/hooks/hooks.py`` and
+``first_block_cache.py``):
 
 * a root hook ``"fusion_modulator_cache"`` (:class:`ModulatorCache`) on the transformer builds
   the key of each forward call from the exact bits of everything the modulators depend on
@@ -16,7 +17,7 @@ This module adds the diffusers-specific parts: which tensors are watched (the pa
 buffers of the modules now at the site paths, LoRA wrappers included), the PEFT state in the key,
 when a render starts (for the probe), and the bypass rules.
 
-Never stale (DESIGN §4.3) — what catches what:
+Never stale (docs/design.md §4.3) — what catches what:
 
 * ``load_state_dict``, optimizer steps, ``.to()``, replaced parameters: fingerprint
   (``data_ptr``/``_version``/dtype/device) → table dropped;
@@ -34,7 +35,7 @@ modulator weights.
 
 The hook is *stateful* for diffusers, so a pipeline's end-of-call ``maybe_free_model_hooks()``
 reaches :meth:`ModulatorCache.reset_state` — which keeps the cross-render table and only marks the
-start of a new render (DESIGN §4.5). No ``cache_context`` is needed.
+start of a new render (docs/design.md §4.5). No ``cache_context`` is needed.
 
 Example:
     >>> import torch

@@ -5,7 +5,7 @@ The result is what a cache entry holds and what the ``mods=`` argument of a patc
 
 Modulators are computed by calling the model's own modulator modules with exactly the inputs its
 ``forward`` would give them (same ops, same dtypes, same batch), so replaying them is bit-exact
-(DESIGN §4.1). Stacking all blocks' weights into one batched matmul, as Fusion's own models do,
+(docs/design.md §4.1). Stacking all blocks' weights into one batched matmul, as Fusion's own models do,
 would change the reduction order and therefore the bits; it is not done here.
 
 Example:

@@ -3,16 +3,16 @@
 Once a render's modulators are precomputed (its timestep schedule x its conditioning), the
 modulator ``Linear``s and embedders are never run during the denoising steps: every slot is armed
 with a cached tensor (:mod:`fusion_diffusers.slots`). Their weights are 27-34 % of FLUX.1,
-SD3/3.5, AuraFlow, Qwen-Image and DiT (research/inference.md §0, §1.2-1.3), so they need not stay
+SD3/3.5, AuraFlow, Qwen-Image and DiT (``python -m fusion_diffusers.support``; ``benchmarks/offload_memory.py``), so they need not stay
 on the accelerator. This is the lossless variant of what SGLang #34650 / vLLM-Omni #5783 do for
-MiniMax-H3 (research §5): the outputs stay bit-identical because the modulators are computed by
+MiniMax-H3: the outputs stay bit-identical because the modulators are computed by
 the same modules, with the same weights, on the same device and dtype as without offload.
 
 Mechanism (the same one diffusers' group offloading uses, so ``Parameter`` objects, optimizers,
 ``state_dict`` and ``EMAModel.copy_to`` keep working): each watched tensor's ``.data`` *rests* on
 ``offload_device``; for a computation it is pointed at a copy on the execution device and
 pointed back afterwards. Pointing back restores the same storage, ``data_ptr`` and ``_version``,
-so the weight fingerprint and content tripwire of the cache (DESIGN §4.3) watch the offloaded
+so the weight fingerprint and content tripwire of the cache (docs/design.md §4.3) watch the offloaded
 copy itself: writes to it are still detected.
 
 Streaming granularity: one computation streams *all* modulator weights to the execution device

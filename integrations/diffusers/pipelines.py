@@ -4,7 +4,7 @@ diffusers pipelines call ``maybe_free_model_hooks()`` at the end of every ``__ca
 ``component._reset_stateful_cache()`` on each component that has it — only ``CacheMixin`` models
 (Flux, …) do. For the others (DiT, PixArt, SD3) the helper gives the transformer that method, so
 the end of every render reaches :meth:`ModulatorCache.reset_state` everywhere: the cross-render
-table is kept and the next render starts with a bitwise probe (DESIGN §4.3, §4.5).
+table is kept and the next render starts with a bitwise probe (docs/design.md §4.3, §4.5).
 
 Example:
     >>> from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel  # doctest: +SKIP

@@ -4,7 +4,7 @@ Each modulator site (a ``norm*.linear``, an embedder, ``adaln_single``, ``proj_o
 :mod:`fusion_diffusers.families`) gets a :class:`ModulatorSlotHook` named
 ``"fusion_modulator_slot"``. A slot is either empty — the module runs as usual — or *armed* with a
 tensor, which it returns without running the module. Block code, attention processors,
-ControlNet residuals and IP-Adapters are never touched (DESIGN §3).
+ControlNet residuals and IP-Adapters are never touched (docs/design.md §3).
 
 Two users arm slots:
 
@@ -53,7 +53,7 @@ class ModulatorSlotHook(ModelHook):
 
     The value is read as a plain attribute so that ``torch.compile`` treats it as a graph input
     (guarded on shape/dtype/device, not identity): a new tensor each denoising step does not
-    recompile (DESIGN §4.4).
+    recompile (docs/design.md §4.4).
     """
 
     _is_stateful = False

@@ -13,7 +13,7 @@ The *modulator parameter share* counts the adaLN modulation ``Linear`` layers �
 ``nn.Linear`` directly inside an adaptive-norm module (``AdaLayerNorm*``, ``*NormZero*``,
 ``*Modulation*``, ``AdaLayerNormContinuous``, …) or named ``proj_out_1``/``img_mod``/``txt_mod``/
 ``adaLN_modulation``/``time_proj`` (Wan's shared adaLN-single projection) — over all parameters; conditioning embedders (timestep/label/text-pool MLPs)
-are not counted (research/inference.md §1.2 uses the same split).
+are not counted.
 
 Example:
     >>> from diffusers import DiTTransformer2DModel

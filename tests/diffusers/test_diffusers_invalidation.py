@@ -10,7 +10,7 @@ from fusion_diffusers import ModulatorCacheConfig, apply_modulator_cache
 from peft import LoraConfig
 
 MOD_TARGETS = {
-    # The module names diffusers' LoRA converters target on Flux/SD3 (research §2.6.5).
+    # The module names diffusers' LoRA converters target on Flux/SD3 (diffusers `loaders/lora_conversion_utils.py`).
     "flux_dev": ["norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"],
     "sd3": ["norm1.linear", "norm1_context.linear", "norm_out.linear"],
 }

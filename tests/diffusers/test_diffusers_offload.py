@@ -1,4 +1,4 @@
-"""Modulator weight offload (issue 9): bit-equal renders, weights unused during steps, accounting.
+"""Modulator weight offload: bit-equal renders, weights unused during steps, accounting.
 
 The strongest check is the meta-tensor proof: after :func:`precompute`, every offloaded modulator
 weight is replaced by a meta tensor (any use raises) and the schedule still renders bit-equal.

@@ -1,4 +1,4 @@
-"""TimeConditioningCache(offload_weights=True): steps run without the modulator weights (issue 9)."""
+"""TimeConditioningCache(offload_weights=True): steps run without the modulator weights."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN §4.3 test matrix: after each weight change the cached head equals a fresh evaluation.
+"""Never-stale test matrix (docs/design.md §4.3): after each weight change the cached head equals a fresh evaluation.
 
 Every case first checks that the change really changes the outputs (otherwise the test could
 not fail), then that the cached outputs equal an uncached evaluation bit for bit, and records
