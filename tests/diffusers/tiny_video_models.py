@@ -92,11 +92,12 @@ def skyreels_inputs(
 
 # ----------------------------------------------------------------------------- HunyuanVideo
 
-def make_hunyuan_video(guidance: bool = True) -> nn.Module:
+def make_hunyuan_video(guidance: bool = True, image_condition_type: str | None = None) -> nn.Module:
     return HunyuanVideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
         num_single_layers=1, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=guidance,
         text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 2, 4),
+        image_condition_type=image_condition_type,
     )
 
 

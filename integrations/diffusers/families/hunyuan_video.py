@@ -22,7 +22,11 @@ from typing import Any
 from torch import nn
 
 from diffusers import HunyuanVideoTransformer3DModel
-from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle
+from diffusers.models.normalization import (
+    AdaLayerNormContinuous,
+    AdaLayerNormZero,
+    AdaLayerNormZeroSingle,
+)
 from diffusers.models.transformers.transformer_hunyuan_video import (
     HunyuanVideoConditionEmbedding,
     HunyuanVideoSingleTransformerBlock,

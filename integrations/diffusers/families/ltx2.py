@@ -25,7 +25,10 @@ from typing import Any
 from torch import nn
 
 from diffusers import LTX2VideoTransformer3DModel
-from diffusers.models.transformers.transformer_ltx2 import LTX2AdaLayerNormSingle, LTX2VideoTransformerBlock
+from diffusers.models.transformers.transformer_ltx2 import (
+    LTX2AdaLayerNormSingle,
+    LTX2VideoTransformerBlock,
+)
 
 from .base import CallConditioning, Family
 from .patterns import no_block_sites

@@ -22,7 +22,10 @@ from torch import nn
 
 from diffusers import WanTransformer3DModel
 from diffusers.models.embeddings import TimestepEmbedding
-from diffusers.models.transformers.transformer_wan import WanTimeTextImageEmbedding, WanTransformerBlock
+from diffusers.models.transformers.transformer_wan import (
+    WanTimeTextImageEmbedding,
+    WanTransformerBlock,
+)
 
 from .base import CallConditioning, Family
 from .patterns import no_block_sites, shared_time_projection

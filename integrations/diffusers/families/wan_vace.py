@@ -15,7 +15,10 @@ from typing import Any
 from torch import nn
 
 from diffusers import WanVACETransformer3DModel
-from diffusers.models.transformers.transformer_wan import WanTimeTextImageEmbedding, WanTransformerBlock
+from diffusers.models.transformers.transformer_wan import (
+    WanTimeTextImageEmbedding,
+    WanTransformerBlock,
+)
 from diffusers.models.transformers.transformer_wan_vace import WanVACETransformerBlock
 
 from .base import CallConditioning, Family
