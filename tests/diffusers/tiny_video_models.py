@@ -16,6 +16,7 @@ from diffusers import (
     LTX2VideoTransformer3DModel,
     LTXVideoTransformer3DModel,
     MiniMaxH3Transformer3DModel,
+    MochiTransformer3DModel,
     SanaVideoTransformer3DModel,
     SkyReelsV2Transformer3DModel,
     WanTransformer3DModel,
@@ -268,6 +269,23 @@ def sana_video_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 
     }
 
 
+def make_mochi() -> nn.Module:
+    return MochiTransformer3DModel(
+        patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=2, pooled_projection_dim=16,
+        in_channels=4, text_embed_dim=16, time_embed_dim=4, max_sequence_length=16,
+    )
+
+
+def mochi_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 999.0) -> dict:
+    g = _gen(seed)
+    return {
+        "hidden_states": torch.randn(batch, 4, 2, 8, 8, generator=g).to(dtype),
+        "encoder_hidden_states": torch.randn(batch, 5, 16, generator=g).to(dtype),
+        "encoder_attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]][:batch], dtype=torch.bool),
+        "timestep": _rows(batch, t),
+    }
+
+
 def _with(inputs, **fixed):
     return lambda *a, **k: inputs(*a, **fixed, **k)
 
@@ -292,6 +310,7 @@ CASES = [
     Case("cogvideox", make_cogvideox, cogvideox_inputs, 999, 500),
     Case("cogvideox15_ofs", lambda: make_cogvideox(True), _with(cogvideox_inputs, ofs=True), 999, 500),
     Case("sana_video", make_sana_video, sana_video_inputs, 999, 500),
+    Case("mochi", make_mochi, mochi_inputs, 999.0, 500.0),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 
