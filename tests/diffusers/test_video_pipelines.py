@@ -11,16 +11,21 @@ import pytest
 import torch
 from diffusers import (
     AutoencoderKLHunyuanVideo15,
+    AutoencoderKLLTX2Audio,
+    AutoencoderKLLTX2Video,
     AutoencoderKLWan,
     FlowMatchEulerDiscreteScheduler,
     HunyuanVideo15Pipeline,
     HunyuanVideo15Transformer3DModel,
+    LTX2Pipeline,
     WanPipeline,
 )
 from diffusers.guiders import ClassifierFreeGuidance
+from diffusers.pipelines.ltx2 import LTX2TextConnectors
+from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
 from diffusers_tiny_models import randomize
 from fusion_diffusers import disable_modulator_cache, enable_modulator_cache
-from tiny_video_models import make_wan
+from tiny_video_models import make_ltx2, make_wan
 
 from fusion_infer import make_key
 
@@ -74,27 +79,84 @@ def _hunyuan_video15_pipe() -> tuple[HunyuanVideo15Pipeline, dict]:
     }
 
 
-PIPES = {"wan": _wan_pipe, "wan22_ti2v": lambda: _wan_pipe(ti2v=True), "hunyuan_video15": _hunyuan_video15_pipe}
+def _ltx2_pipe() -> tuple[LTX2Pipeline, dict]:
+    torch.manual_seed(0)
+    connectors = LTX2TextConnectors(
+        caption_channels=16, text_proj_in_factor=2, video_connector_num_attention_heads=2,
+        video_connector_attention_head_dim=8, video_connector_num_layers=1,
+        video_connector_num_learnable_registers=None, audio_connector_num_attention_heads=2,
+        audio_connector_attention_head_dim=8, audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=None, connector_rope_base_seq_len=32, rope_theta=10000.0,
+        rope_double_precision=False, causal_temporal_positioning=False, rope_type="split",
+    ).eval()
+    vae = AutoencoderKLLTX2Video(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,), decoder_block_out_channels=(8,),
+        layers_per_block=(1,), decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,),
+        decoder_spatio_temporal_scaling=(True,), decoder_inject_noise=(False, False), downsample_type=("spatial",),
+        upsample_residual=(False,), upsample_factor=(1,), timestep_conditioning=False, patch_size=1, patch_size_t=1,
+        encoder_causal=True, decoder_causal=False,
+    ).eval()
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
+        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0,
+        mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8,
+    ).eval()
+    vocoder = LTX2Vocoder(
+        in_channels=16, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2],
+        resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]], leaky_relu_negative_slope=0.1,
+        output_sampling_rate=16000,
+    ).eval()
+    pipe = LTX2Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae, text_encoder=None, tokenizer=None,
+        connectors=connectors, transformer=randomize(make_ltx2(), 0).eval(), vocoder=vocoder,
+    )
+    g = torch.Generator().manual_seed(1)
+    ones = torch.ones(1, 8, dtype=torch.long)
+    # The pipeline's own sampling defaults: CFG (batched), STG (here on block 1), modality guidance
+    # and the cross timestep (LTX-2.3).
+    return pipe, {
+        "prompt_embeds": torch.randn(1, 8, 32, generator=g), "prompt_attention_mask": ones,
+        "negative_prompt_embeds": torch.randn(1, 8, 32, generator=g), "negative_prompt_attention_mask": ones,
+        "height": 32, "width": 32, "num_frames": 5, "frame_rate": 25.0, "spatio_temporal_guidance_blocks": [1],
+        "max_sequence_length": 8,
+    }
 
 
-def _render(pipe, kwargs) -> torch.Tensor:
+# name -> (builder, (misses, hits) of the first render). Wan: CFG in two calls per step, the second
+# hits. HunyuanVideo 1.5: the guider runs the two CFG branches as separate calls. LTX-2: a batch-2
+# CFG call plus batch-1 STG and modality-isolated calls per step (the batch size is in the key).
+PIPES = {
+    "wan": (_wan_pipe, (STEPS, STEPS)),
+    "wan22_ti2v": (lambda: _wan_pipe(ti2v=True), (STEPS, STEPS)),
+    "hunyuan_video15": (_hunyuan_video15_pipe, (STEPS, STEPS)),
+    "ltx2": (_ltx2_pipe, (2 * STEPS, STEPS)),
+}
+
+
+def _render(pipe, kwargs) -> tuple[torch.Tensor, ...]:
     with torch.no_grad():
-        return pipe(**kwargs, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
-                    output_type="pt").frames
+        out = pipe(**kwargs, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="pt")
+    audio = getattr(out, "audio", None)
+    return (out.frames,) if audio is None else (out.frames, audio)
+
+
+def _equal(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 @pytest.mark.parametrize("name", list(PIPES))
 def test_second_render_replays_every_modulator_and_cfg_shares_entries(name):
-    pipe, kwargs = PIPES[name]()
+    build, (misses, hits) = PIPES[name]
+    pipe, kwargs = build()
     reference = _render(pipe, kwargs)
     cache = enable_modulator_cache(pipe)
     first = _render(pipe, kwargs)
-    # CFG: 2 transformer calls per step; the unconditional one reuses the conditional one's entry.
-    assert cache.stats.misses == STEPS and cache.stats.hits == STEPS
+    assert (cache.stats.misses, cache.stats.hits) == (misses, hits)
     second = _render(pipe, kwargs)
-    assert cache.stats.misses == STEPS and cache.stats.hits == 3 * STEPS
+    assert cache.stats.misses == misses and cache.stats.hits == 2 * hits + misses  # second render: all hits
     assert cache.stats.probe_failures == 0
-    assert torch.equal(first, reference) and torch.equal(second, reference)
+    assert _equal(first, reference) and _equal(second, reference)
     disable_modulator_cache(pipe)
 
 
