@@ -23,9 +23,15 @@ from diffusers import (
 from diffusers.guiders import ClassifierFreeGuidance
 from diffusers.pipelines.ltx2 import LTX2TextConnectors
 from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
-from diffusers_tiny_models import randomize
-from fusion_diffusers import disable_modulator_cache, enable_modulator_cache
-from tiny_video_models import make_ltx2, make_wan
+from diffusers_tiny_models import build, randomize
+from fusion_diffusers import (
+    ModulatorCacheConfig,
+    apply_modulator_cache,
+    disable_modulator_cache,
+    enable_modulator_cache,
+    precompute,
+)
+from tiny_video_models import CASE_BY_NAME, make_ltx2, make_wan, minimax_h3_inputs
 
 from fusion_infer import make_key
 
@@ -165,3 +171,37 @@ def test_batch_one_pipelines_key_expanded_scalar_timesteps():
     t = torch.tensor(500.0)
     assert make_key(t.expand(1)) == make_key(torch.tensor([500.0]))
     assert make_key(t.expand(1, 1)) == make_key(torch.tensor([[500.0]]))
+
+
+def _minimax_h3_render(model, steps: int = STEPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loop of diffusers' MiniMax-H3 modular denoise step (``modular_pipelines/minimax_h3/
+    denoise.py``): one packed sequence per step, the distinct noise levels as ``timestep`` (video
+    rows and audio rows on their own schedules) and per-row ``timestep_indices``; flow-matching
+    Euler updates. The modular pipeline itself needs its hub repository, so it is not built here.
+    """
+    x = minimax_h3_inputs(1, torch.float32, seed=3)
+    video, audio = x["hidden_states"], x["audio_hidden_states"]
+    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+    audio_sigmas = sigmas.pow(1.2)
+    with torch.no_grad():
+        for i in range(steps):
+            t = torch.stack([sigmas[i], audio_sigmas[i]])
+            out = model(**{**x, "hidden_states": video, "audio_hidden_states": audio, "timestep": t})
+            video = video + (sigmas[i + 1] - sigmas[i]) * out.sample
+            audio = audio + (audio_sigmas[i + 1] - audio_sigmas[i]) * out.audio_sample
+    return video, audio
+
+
+def test_minimax_h3_render_loop_offloaded_and_precomputed_bit_equal():
+    model = build(CASE_BY_NAME["minimax_h3"])
+    reference = _minimax_h3_render(model)
+    cache = apply_modulator_cache(model, ModulatorCacheConfig(offload_weights=True))
+    sigmas = torch.linspace(1.0, 0.0, STEPS + 1)
+    report = precompute(model, [torch.stack([s, s.pow(1.2)]) for s in sigmas[:-1]])
+    assert report.computed == STEPS
+    # The per-block adaln_proj linears are the bulk of the modulator weights that rest off the device.
+    adaln = {id(p) for blk in model.transformer_blocks for p in blk.adaln_proj.parameters()}
+    assert adaln <= {id(t) for t in cache.offload.tensors}
+    for _ in range(2):
+        assert _equal(_minimax_h3_render(model), reference)
+    assert cache.stats.misses == 0 and cache.stats.hits == 2 * STEPS
