@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import (
+    ChronoEditTransformer3DModel,
     CogVideoXTransformer3DModel,
     HunyuanVideo15Transformer3DModel,
     HunyuanVideoTransformer3DModel,
@@ -55,6 +56,13 @@ def wan_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 999.0, 
         ts[:, :4] = 0.0
         x["timestep"] = ts
     return x
+
+
+def make_chronoedit() -> nn.Module:
+    return ChronoEditTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+    )
 
 
 def make_wan_vace() -> nn.Module:
@@ -294,6 +302,7 @@ CASES = [
     Case("wan", make_wan, wan_inputs, 999.0, 500.0),
     Case("wan22_ti2v", make_wan, _with(wan_inputs, per_token=True), 999.0, 500.0),
     Case("wan_vace", make_wan_vace, wan_vace_inputs, 999.0, 500.0),
+    Case("chronoedit", make_chronoedit, wan_inputs, 999.0, 500.0),
     Case("skyreels_v2", make_skyreels, skyreels_inputs, 999.0, 500.0),
     Case("skyreels_v2_df", make_skyreels, _with(skyreels_inputs, forcing=True), 999.0, 500.0),
     # fps with diffusion forcing only broadcasts for batch 1 in diffusers 0.42.1, so fps alone here.

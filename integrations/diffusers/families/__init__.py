@@ -9,7 +9,7 @@ listing it in :data:`FAMILIES` and proving it bit-exact in the tests.
 
 One module per family (diffusers 0.42.1 sources; the papers are cited in each module):
 :mod:`.dit`, :mod:`.pixart`, :mod:`.sd3`, :mod:`.flux`, :mod:`.auraflow`, :mod:`.sana`; video
-and audio-video: :mod:`.wan`, :mod:`.wan_vace`, :mod:`.skyreels_v2`, :mod:`.hunyuan_video`,
+and audio-video: :mod:`.wan`, :mod:`.wan_vace`, :mod:`.chronoedit`, :mod:`.skyreels_v2`, :mod:`.hunyuan_video`,
 :mod:`.hunyuan_video15`, :mod:`.ltx`, :mod:`.ltx2`, :mod:`.minimax_h3`, :mod:`.cogvideox`,
 :mod:`.sana_video`, :mod:`.mochi`; shared
 computations in :mod:`.patterns`, the :class:`Family` type in :mod:`.base`.
@@ -32,6 +32,7 @@ from torch import nn
 
 from . import (
     auraflow,
+    chronoedit,
     cogvideox,
     dit,
     flux,
@@ -65,7 +66,10 @@ __all__ = [
 
 #: Every supported class → its family.
 _IMAGE = (dit, pixart, sd3, flux, auraflow, sana)
-_VIDEO = (wan, wan_vace, skyreels_v2, hunyuan_video, hunyuan_video15, ltx, ltx2, minimax_h3, cogvideox, sana_video, mochi)
+_VIDEO = (
+    wan, wan_vace, chronoedit, skyreels_v2, hunyuan_video, hunyuan_video15, ltx, ltx2, minimax_h3, cogvideox,
+    sana_video, mochi,
+)
 FAMILIES: dict[type, Family] = {mod.FAMILY.model_class: mod.FAMILY for mod in (*_IMAGE, *_VIDEO)}
 
 

@@ -44,19 +44,24 @@ def check_condition_embedder(model: nn.Module, embedder_cls: type) -> str | None
     return None
 
 
-def _wan_check(model: nn.Module) -> str | None:
-    reason = check_condition_embedder(model, WanTimeTextImageEmbedding)
+def check_wan_layout(model: nn.Module, embedder_cls: type, block_cls: type) -> str | None:
+    reason = check_condition_embedder(model, embedder_cls)
     if reason is not None:
         return reason
     for i, blk in enumerate(model.blocks):
-        if type(blk) is not WanTransformerBlock:
-            return f"blocks.{i} is a {type(blk).__name__}, expected WanTransformerBlock"
+        if type(blk) is not block_cls:
+            return f"blocks.{i} is a {type(blk).__name__}, expected {block_cls.__name__}"
     return None
 
 
-def _wan_compute(model: nn.Module, cond: CallConditioning) -> dict[str, Any]:
-    # WanTransformer3DModel.forward: a (batch, seq_len) timestep is flattened and the embedder
-    # unflattens its sinusoidal projection back; the time embedder's dtype is read with
+def _wan_check(model: nn.Module) -> str | None:
+    return check_wan_layout(model, WanTimeTextImageEmbedding, WanTransformerBlock)
+
+
+def compute_wan(model: nn.Module, cond: CallConditioning) -> dict[str, Any]:
+    """The sites of ``WanTransformer3DModel.forward`` (also ChronoEdit's, which copies it)."""
+    # A (batch, seq_len) timestep is flattened and the embedder unflattens its sinusoidal
+    # projection back; the time embedder's dtype is read with
     # `next(iter(time_embedder.parameters())).dtype`.
     emb = model.condition_embedder
     timestep = cond.timestep
@@ -77,7 +82,7 @@ FAMILY = Family(
     block_sites=no_block_sites,
     conditioning=(),
     lora_scale_kwarg="attention_kwargs",
-    compute=_wan_compute,
+    compute=compute_wan,
     check=_wan_check,
     dtype_args=("encoder_hidden_states",),
 )
