@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import torch
 from diffusers import (
+    AllegroTransformer3DModel,
     ChronoEditTransformer3DModel,
     CogVideoXTransformer3DModel,
     HunyuanVideo15Transformer3DModel,
     HunyuanVideoTransformer3DModel,
+    LatteTransformer3DModel,
     LTX2VideoTransformer3DModel,
     LTXVideoTransformer3DModel,
     MiniMaxH3Transformer3DModel,
@@ -294,6 +296,39 @@ def mochi_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 999.0
     }
 
 
+def make_allegro() -> nn.Module:
+    return AllegroTransformer3DModel(
+        patch_size=2, patch_size_t=1, num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+        num_layers=2, cross_attention_dim=24, sample_height=8, sample_width=8, sample_frames=8, caption_channels=16,
+    )
+
+
+def allegro_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 999.0) -> dict:
+    g = _gen(seed)
+    return {
+        "hidden_states": torch.randn(batch, 4, 2, 8, 8, generator=g).to(dtype),
+        "encoder_hidden_states": torch.randn(batch, 5, 16, generator=g).to(dtype),
+        "timestep": torch.full((batch,), int(t), dtype=torch.long),
+    }
+
+
+def make_latte() -> nn.Module:
+    return LatteTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=24, sample_size=8, patch_size=2, norm_type="ada_norm_single", caption_channels=16,
+        video_length=2, activation_fn="gelu-approximate", norm_elementwise_affine=False, norm_eps=1e-6,
+    )
+
+
+def latte_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 999.0) -> dict:
+    g = _gen(seed)
+    return {
+        "hidden_states": torch.randn(batch, 4, 2, 8, 8, generator=g).to(dtype),
+        "encoder_hidden_states": torch.randn(batch, 5, 16, generator=g).to(dtype),
+        "timestep": torch.full((batch,), int(t), dtype=torch.long),
+    }
+
+
 def _with(inputs, **fixed):
     return lambda *a, **k: inputs(*a, **fixed, **k)
 
@@ -320,6 +355,8 @@ CASES = [
     Case("cogvideox15_ofs", lambda: make_cogvideox(True), _with(cogvideox_inputs, ofs=True), 999, 500),
     Case("sana_video", make_sana_video, sana_video_inputs, 999, 500),
     Case("mochi", make_mochi, mochi_inputs, 999.0, 500.0),
+    Case("allegro", make_allegro, allegro_inputs, 999, 500),
+    Case("latte", make_latte, latte_inputs, 999, 500),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 
