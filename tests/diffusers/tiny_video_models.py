@@ -13,6 +13,7 @@ from diffusers import (
     AllegroTransformer3DModel,
     ChronoEditTransformer3DModel,
     CogVideoXTransformer3DModel,
+    ConsisIDTransformer3DModel,
     HunyuanVideo15Transformer3DModel,
     HunyuanVideoTransformer3DModel,
     LatteTransformer3DModel,
@@ -262,6 +263,14 @@ def cogvideox_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 9
     return x
 
 
+def make_consisid() -> nn.Module:
+    return ConsisIDTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=8,
+        text_embed_dim=16, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=5,
+    )
+
+
 def make_sana_video() -> nn.Module:
     return SanaVideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=2,
@@ -354,6 +363,7 @@ CASES = [
     Case("cogvideox", make_cogvideox, cogvideox_inputs, 999, 500),
     Case("cogvideox15_ofs", lambda: make_cogvideox(True), _with(cogvideox_inputs, ofs=True), 999, 500),
     Case("sana_video", make_sana_video, sana_video_inputs, 999, 500),
+    Case("consisid", make_consisid, cogvideox_inputs, 999, 500),
     Case("mochi", make_mochi, mochi_inputs, 999.0, 500.0),
     Case("allegro", make_allegro, allegro_inputs, 999, 500),
     Case("latte", make_latte, latte_inputs, 999, 500),

@@ -35,12 +35,12 @@ def _cog_block_sites(block: nn.Module) -> tuple[str, ...]:
     return ("norm1.linear", "norm2.linear")
 
 
-def _cog_check(model: nn.Module) -> str | None:
+def check_cogvideox_layout(model: nn.Module, block_cls: type) -> str | None:
     if type(model.time_embedding) is not TimestepEmbedding:
         return f"time_embedding is a {type(model.time_embedding).__name__}, expected TimestepEmbedding"
     for i, blk in enumerate(model.transformer_blocks):
-        if type(blk) is not CogVideoXBlock:
-            return f"transformer_blocks.{i} is a {type(blk).__name__}, expected CogVideoXBlock"
+        if type(blk) is not block_cls:
+            return f"transformer_blocks.{i} is a {type(blk).__name__}, expected {block_cls.__name__}"
         if type(blk.norm1) is not CogVideoXLayerNormZero or type(blk.norm2) is not CogVideoXLayerNormZero:
             return f"transformer_blocks.{i} norms are not CogVideoXLayerNormZero"
     if type(model.norm_out) is not AdaLayerNorm or model.norm_out.emb is not None:
@@ -48,14 +48,15 @@ def _cog_check(model: nn.Module) -> str | None:
     return None
 
 
-def _cog_compute(model: nn.Module, cond: CallConditioning) -> dict[str, Any]:
-    # CogVideoXTransformer3DModel.forward, "1. Time embedding", then the norms' `linear(silu(emb))`.
+def compute_cogvideox(model: nn.Module, cond: CallConditioning) -> dict[str, Any]:
+    """The sites of ``CogVideoXTransformer3DModel.forward`` (also ConsisID's, which copies it)."""
+    # "1. Time embedding" of the forward, then the norms' `linear(silu(emb))`.
     hd = cond.hidden_dtype
     t_emb = model.time_proj(cond.timestep).to(dtype=hd)
     time_emb = model.time_embedding(t_emb, cond.values["timestep_cond"])
     out: dict[str, Any] = {"time_embedding": time_emb}
     emb = time_emb
-    if model.ofs_embedding is not None:
+    if getattr(model, "ofs_embedding", None) is not None:
         ofs_emb = model.ofs_embedding(model.ofs_proj(cond.values["ofs"]).to(dtype=hd))
         out["ofs_embedding"] = ofs_emb
         emb = emb + ofs_emb
@@ -64,6 +65,10 @@ def _cog_compute(model: nn.Module, cond: CallConditioning) -> dict[str, Any]:
         out[f"transformer_blocks.{i}.norm2.linear"] = zero_linear(blk.norm2, emb)
     out["norm_out.linear"] = zero_linear(model.norm_out, emb)
     return out
+
+
+def _cog_check(model: nn.Module) -> str | None:
+    return check_cogvideox_layout(model, CogVideoXBlock)
 
 
 def _cog_adjust_values(model: nn.Module, values: dict[str, Any]) -> None:
@@ -79,7 +84,7 @@ FAMILY = Family(
     block_sites=_cog_block_sites,
     conditioning=("timestep_cond", "ofs"),
     lora_scale_kwarg="attention_kwargs",
-    compute=_cog_compute,
+    compute=compute_cogvideox,
     check=_cog_check,
     adjust_values=_cog_adjust_values,
     model_sites_of=_model_sites,
