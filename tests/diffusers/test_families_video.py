@@ -78,7 +78,7 @@ def _perturbations(name: str, x: dict) -> list[tuple[str, dict]]:
         out.append(("one_token_timestep", {**x, "timestep": _one_ulp_down(x["timestep"], index=-1)}))
     if name == "minimax_h3":  # the audio rows' own noise level only
         out.append(("second_timestep", {**x, "timestep": _one_ulp_down(x["timestep"], index=1)}))
-    if name == "hunyuan_video":
+    if name.startswith("hunyuan_video") and "pooled_projections" in x:
         p = x["pooled_projections"]
         out.append(("pooled_rows", {**x, "pooled_projections": p.flip(0)}))
         out.append(("pooled_one_ulp", {**x, "pooled_projections": _one_ulp_down(p, index=0)}))

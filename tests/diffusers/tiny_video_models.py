@@ -15,6 +15,7 @@ from diffusers import (
     CogVideoXTransformer3DModel,
     ConsisIDTransformer3DModel,
     HunyuanVideo15Transformer3DModel,
+    HunyuanVideoFramepackTransformer3DModel,
     HunyuanVideoTransformer3DModel,
     LatteTransformer3DModel,
     LTX2VideoTransformer3DModel,
@@ -123,6 +124,31 @@ def hunyuan_video_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float
         "timestep": _rows(batch, t).to(dtype),
         "guidance": _rows(batch, 6000.0).to(dtype),
     }
+
+
+def make_hunyuan_video_framepack() -> nn.Module:
+    return HunyuanVideoFramepackTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        num_single_layers=1, num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True,
+        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 2, 4), has_image_proj=True,
+        image_proj_dim=12, has_clean_x_embedder=True,
+    )
+
+
+def hunyuan_video_framepack_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 999.0) -> dict:
+    x = hunyuan_video_inputs(batch, dtype, seed, t)
+    g = _gen(seed + 50)
+    x["hidden_states"] = torch.randn(batch, 4, 2, 4, 4, generator=g).to(dtype)
+    x["image_embeds"] = torch.randn(batch, 3, 12, generator=g).to(dtype)
+    x["indices_latents"] = torch.arange(3, 5)
+    # FramePack's history: one clean frame, 2x- and 4x-compressed older frames (token-side only).
+    x["latents_clean"] = torch.randn(batch, 4, 1, 4, 4, generator=g).to(dtype)
+    x["indices_latents_clean"] = torch.tensor([2])
+    x["latents_history_2x"] = torch.randn(batch, 4, 2, 4, 4, generator=g).to(dtype)
+    x["indices_latents_history_2x"] = torch.tensor([0, 1])
+    x["latents_history_4x"] = torch.randn(batch, 4, 4, 4, 4, generator=g).to(dtype)
+    x["indices_latents_history_4x"] = torch.arange(4)
+    return x
 
 
 def make_hunyuan_video15(meanflow: bool = False) -> nn.Module:
@@ -352,6 +378,7 @@ CASES = [
     # fps with diffusion forcing only broadcasts for batch 1 in diffusers 0.42.1, so fps alone here.
     Case("skyreels_v2_fps", lambda: make_skyreels(True), _with(skyreels_inputs, fps=1), 999.0, 500.0),
     Case("hunyuan_video", make_hunyuan_video, hunyuan_video_inputs, 999.0, 500.0),
+    Case("hunyuan_video_framepack", make_hunyuan_video_framepack, hunyuan_video_framepack_inputs, 999.0, 500.0),
     Case("hunyuan_video15", make_hunyuan_video15, hunyuan_video15_inputs, 999.0, 500.0),
     Case("hunyuan_video15_meanflow", lambda: make_hunyuan_video15(True),
          _with(hunyuan_video15_inputs, meanflow=True), 999.0, 500.0),

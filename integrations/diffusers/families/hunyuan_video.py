@@ -39,20 +39,20 @@ from .patterns import continuous_linear, zero_linear
 __all__ = ["FAMILY"]
 
 
-def _model_sites(model: nn.Module) -> tuple[str, ...]:
+def model_sites_of(model: nn.Module) -> tuple[str, ...]:
     embedders = ("time_text_embed.timestep_embedder", "time_text_embed.text_embedder")
     if model.time_text_embed.guidance_embedder is not None:
         embedders += ("time_text_embed.guidance_embedder",)
     return (*embedders, "norm_out.linear")
 
 
-def _hv_block_sites(block: nn.Module) -> tuple[str, ...]:
+def block_sites(block: nn.Module) -> tuple[str, ...]:
     if type(block) is HunyuanVideoTransformerBlock:
         return ("norm1.linear", "norm1_context.linear")
     return ("norm.linear",)
 
 
-def _hv_check(model: nn.Module) -> str | None:
+def check_hunyuan_video(model: nn.Module) -> str | None:
     if model.config.image_condition_type == "token_replace":
         return (
             "image_condition_type='token_replace' calls each block's norm1.linear twice per forward "
@@ -73,7 +73,7 @@ def _hv_check(model: nn.Module) -> str | None:
     return None
 
 
-def _hv_compute(model: nn.Module, cond: CallConditioning) -> dict[str, Any]:
+def compute_hunyuan_video(model: nn.Module, cond: CallConditioning) -> dict[str, Any]:
     # HunyuanVideoTransformer3DModel.forward: `temb, token_replace_emb = time_text_embed(t, pooled,
     # guidance)`; blocks call AdaLayerNormZero(-Single) with `emb=temb`; `norm_out(x, temb)`.
     # HunyuanVideoConditionEmbedding.forward (without token replace), with its three embedders as
@@ -101,7 +101,7 @@ def _hv_compute(model: nn.Module, cond: CallConditioning) -> dict[str, Any]:
     return out
 
 
-def _hv_adjust_values(model: nn.Module, values: dict[str, Any]) -> None:
+def adjust_values(model: nn.Module, values: dict[str, Any]) -> None:
     if model.time_text_embed.guidance_embedder is None:
         values["guidance"] = None  # ignored by the model: must not split the key
 
@@ -111,11 +111,11 @@ FAMILY = Family(
     model_class=HunyuanVideoTransformer3DModel,
     block_lists=("transformer_blocks", "single_transformer_blocks"),
     model_sites=("time_text_embed.timestep_embedder", "time_text_embed.text_embedder", "norm_out.linear"),
-    block_sites=_hv_block_sites,
+    block_sites=block_sites,
     conditioning=("pooled_projections", "guidance"),
     lora_scale_kwarg="attention_kwargs",
-    compute=_hv_compute,
-    check=_hv_check,
-    adjust_values=_hv_adjust_values,
-    model_sites_of=_model_sites,
+    compute=compute_hunyuan_video,
+    check=check_hunyuan_video,
+    adjust_values=adjust_values,
+    model_sites_of=model_sites_of,
 )
