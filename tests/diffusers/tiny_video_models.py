@@ -14,6 +14,7 @@ from diffusers import (
     ChronoEditTransformer3DModel,
     CogVideoXTransformer3DModel,
     ConsisIDTransformer3DModel,
+    EasyAnimateTransformer3DModel,
     HunyuanVideo15Transformer3DModel,
     HunyuanVideoFramepackTransformer3DModel,
     HunyuanVideoTransformer3DModel,
@@ -297,6 +298,22 @@ def make_consisid() -> nn.Module:
     )
 
 
+def make_easyanimate() -> nn.Module:
+    return EasyAnimateTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, patch_size=2, sample_width=8,
+        sample_height=8, time_embed_dim=8, text_embed_dim=16, num_layers=2, mmdit_layers=2,
+    )
+
+
+def easyanimate_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 999.0) -> dict:
+    g = _gen(seed)
+    return {
+        "hidden_states": torch.randn(batch, 4, 2, 8, 8, generator=g).to(dtype),
+        "encoder_hidden_states": torch.randn(batch, 5, 16, generator=g).to(dtype),
+        "timestep": torch.full((batch,), int(t), dtype=torch.long),
+    }
+
+
 def make_sana_video() -> nn.Module:
     return SanaVideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=2,
@@ -391,6 +408,7 @@ CASES = [
     Case("cogvideox15_ofs", lambda: make_cogvideox(True), _with(cogvideox_inputs, ofs=True), 999, 500),
     Case("sana_video", make_sana_video, sana_video_inputs, 999, 500),
     Case("consisid", make_consisid, cogvideox_inputs, 999, 500),
+    Case("easyanimate", make_easyanimate, easyanimate_inputs, 999, 500),
     Case("mochi", make_mochi, mochi_inputs, 999.0, 500.0),
     Case("allegro", make_allegro, allegro_inputs, 999, 500),
     Case("latte", make_latte, latte_inputs, 999, 500),

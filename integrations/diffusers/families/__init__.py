@@ -11,7 +11,8 @@ One module per family (diffusers 0.42.1 sources; the papers are cited in each mo
 :mod:`.dit`, :mod:`.pixart`, :mod:`.sd3`, :mod:`.flux`, :mod:`.auraflow`, :mod:`.sana`; video
 and audio-video: :mod:`.wan`, :mod:`.wan_vace`, :mod:`.chronoedit`, :mod:`.skyreels_v2`, :mod:`.hunyuan_video`,
 :mod:`.hunyuan_video15`, :mod:`.ltx`, :mod:`.ltx2`, :mod:`.minimax_h3`, :mod:`.cogvideox`,
-:mod:`.sana_video`, :mod:`.mochi`, :mod:`.allegro`, :mod:`.latte`, :mod:`.consisid`, :mod:`.hunyuan_video_framepack`; shared
+:mod:`.sana_video`, :mod:`.mochi`, :mod:`.allegro`, :mod:`.latte`, :mod:`.consisid`, :mod:`.hunyuan_video_framepack`,
+:mod:`.easyanimate`; shared
 computations in :mod:`.patterns`, the :class:`Family` type in :mod:`.base`.
 
 Every model class not listed here — and every subclass of a listed class, whose ``forward`` may
@@ -37,6 +38,7 @@ from . import (
     cogvideox,
     consisid,
     dit,
+    easyanimate,
     flux,
     hunyuan_video,
     hunyuan_video15,
@@ -72,7 +74,7 @@ __all__ = [
 _IMAGE = (dit, pixart, sd3, flux, auraflow, sana)
 _VIDEO = (
     wan, wan_vace, chronoedit, skyreels_v2, hunyuan_video, hunyuan_video15, ltx, ltx2, minimax_h3, cogvideox,
-    sana_video, mochi, allegro, latte, consisid, hunyuan_video_framepack,
+    sana_video, mochi, allegro, latte, consisid, hunyuan_video_framepack, easyanimate,
 )
 FAMILIES: dict[type, Family] = {mod.FAMILY.model_class: mod.FAMILY for mod in (*_IMAGE, *_VIDEO)}
 

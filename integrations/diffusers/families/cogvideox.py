@@ -35,14 +35,14 @@ def _cog_block_sites(block: nn.Module) -> tuple[str, ...]:
     return ("norm1.linear", "norm2.linear")
 
 
-def check_cogvideox_layout(model: nn.Module, block_cls: type) -> str | None:
+def check_cogvideox_layout(model: nn.Module, block_cls: type, norm_cls: type = CogVideoXLayerNormZero) -> str | None:
     if type(model.time_embedding) is not TimestepEmbedding:
         return f"time_embedding is a {type(model.time_embedding).__name__}, expected TimestepEmbedding"
     for i, blk in enumerate(model.transformer_blocks):
         if type(blk) is not block_cls:
             return f"transformer_blocks.{i} is a {type(blk).__name__}, expected {block_cls.__name__}"
-        if type(blk.norm1) is not CogVideoXLayerNormZero or type(blk.norm2) is not CogVideoXLayerNormZero:
-            return f"transformer_blocks.{i} norms are not CogVideoXLayerNormZero"
+        if type(blk.norm1) is not norm_cls or type(blk.norm2) is not norm_cls:
+            return f"transformer_blocks.{i} norms are not {norm_cls.__name__}"
     if type(model.norm_out) is not AdaLayerNorm or model.norm_out.emb is not None:
         return "norm_out is not an AdaLayerNorm without its own embedding"
     return None
