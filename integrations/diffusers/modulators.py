@@ -143,7 +143,11 @@ def compute_modulators(
         **conditioning: the other forward arguments the modulators depend on —
             DiT: ``class_labels``; PixArt: ``added_cond_kwargs`` and ``batch_size``;
             SD3: ``pooled_projections``; Flux: ``pooled_projections``, ``guidance``;
-            Sana: ``guidance`` (Sprint), ``batch_size``; AuraFlow: none (timestep only).
+            Sana: ``guidance`` (Sprint), ``batch_size``; AuraFlow: none (timestep only);
+            video families: ``resolve_family(transformer).conditioning`` (e.g. HunyuanVideo:
+            ``pooled_projections``, ``guidance``; LTX-2: ``audio_timestep``, ``sigma``, …), plus
+            ``<name>_dtype`` for each of the family's ``dtype_args`` (Wan:
+            ``encoder_hidden_states_dtype``, default the hidden dtype).
             ``batch_size`` defaults to the timestep's length.
 
     Returns:
