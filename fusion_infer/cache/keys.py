@@ -45,6 +45,10 @@ def float_bits(value: float) -> int:
 def _as_bytes_matrix(t: Tensor, rows: int) -> Tensor:
     """Host copy of ``t`` reshaped to ``[rows, nbytes_per_row]`` uint8 (exact bits)."""
     host = t.detach().to("cpu").contiguous().reshape(rows, -1)
+    if host.numel() and host.stride(-1) != 1:
+        # A size-1 dimension expanded from a scalar (`t.expand(1)`, what batch-1 pipelines pass)
+        # counts as contiguous with stride 0, which `view(uint8)` refuses: give it real strides.
+        host = host.clone(memory_format=torch.contiguous_format)
     if host.dtype == torch.bool:  # bool has no same-size integer view; it is one byte already
         host = host.to(torch.uint8)
     return host.view(torch.uint8)

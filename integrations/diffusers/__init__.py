@@ -1,8 +1,11 @@
 """fusion_diffusers: a lossless adaLN modulator cache for diffusers DiT transformers and pipelines.
 
 Supported: DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel,
-FluxTransformer2DModel, AuraFlowTransformer2DModel, SanaTransformer2DModel (others are refused,
-naming the class).
+FluxTransformer2DModel, AuraFlowTransformer2DModel, SanaTransformer2DModel; video and audio-video:
+WanTransformer3DModel, WanVACETransformer3DModel, SkyReelsV2Transformer3DModel,
+HunyuanVideoTransformer3DModel, HunyuanVideo15Transformer3DModel, LTXVideoTransformer3DModel,
+LTX2VideoTransformer3DModel, MiniMaxH3Transformer3DModel, CogVideoXTransformer3DModel,
+SanaVideoTransformer3DModel, MochiTransformer3DModel (others are refused, naming the class).
 
 Quick start::
 

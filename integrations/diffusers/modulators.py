@@ -143,7 +143,11 @@ def compute_modulators(
         **conditioning: the other forward arguments the modulators depend on —
             DiT: ``class_labels``; PixArt: ``added_cond_kwargs`` and ``batch_size``;
             SD3: ``pooled_projections``; Flux: ``pooled_projections``, ``guidance``;
-            Sana: ``guidance`` (Sprint), ``batch_size``; AuraFlow: none (timestep only).
+            Sana: ``guidance`` (Sprint), ``batch_size``; AuraFlow: none (timestep only);
+            video families: ``resolve_family(transformer).conditioning`` (e.g. HunyuanVideo:
+            ``pooled_projections``, ``guidance``; LTX-2: ``audio_timestep``, ``sigma``, …), plus
+            ``<name>_dtype`` for each of the family's ``dtype_args`` (Wan:
+            ``encoder_hidden_states_dtype``, default the hidden dtype).
             ``batch_size`` defaults to the timestep's length.
 
     Returns:
@@ -195,7 +199,7 @@ def conditioning_for(
     """
     if not isinstance(timestep, Tensor):
         raise TypeError(f"timestep must be a torch.Tensor, got {type(timestep).__name__}")
-    allowed = set(family.conditioning)
+    allowed = set(family.conditioning) | {f"{name}_dtype" for name in family.dtype_args}
     unknown = set(conditioning) - allowed
     if unknown:
         raise TypeError(
@@ -211,9 +215,10 @@ def conditioning_for(
         raise ValueError("pooled_projections is required for FluxTransformer2DModel")
     if "batch_size" in values and values["batch_size"] is None:
         values["batch_size"] = timestep.shape[0] if timestep.dim() else 1
-    if family.name == "pixart":
-        if not model.adaln_single.emb.use_additional_conditions:
-            values["added_cond_kwargs"] = None
     dtype = hidden_dtype if hidden_dtype is not None else model.dtype
+    for name in family.dtype_args:  # as Family.call_conditioning keys them (default: hidden dtype)
+        values[f"{name}_dtype"] = conditioning.get(f"{name}_dtype") or dtype
+    if family.adjust_values is not None:  # the same edits a forward call's values get
+        family.adjust_values(model, values)
     cond = CallConditioning(timestep=timestep, values=values, hidden_dtype=dtype, lora_scale=lora_scale)
     return cond

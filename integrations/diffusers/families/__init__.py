@@ -8,7 +8,11 @@ table, so supporting a new model means adding one module here (a :class:`Family`
 listing it in :data:`FAMILIES` and proving it bit-exact in the tests.
 
 One module per family (diffusers 0.42.1 sources; the papers are cited in each module):
-:mod:`.dit`, :mod:`.pixart`, :mod:`.sd3`, :mod:`.flux`, :mod:`.auraflow`, :mod:`.sana`; shared
+:mod:`.dit`, :mod:`.pixart`, :mod:`.sd3`, :mod:`.flux`, :mod:`.auraflow`, :mod:`.sana`; video
+and audio-video: :mod:`.wan`, :mod:`.wan_vace`, :mod:`.chronoedit`, :mod:`.skyreels_v2`, :mod:`.hunyuan_video`,
+:mod:`.hunyuan_video15`, :mod:`.ltx`, :mod:`.ltx2`, :mod:`.minimax_h3`, :mod:`.cogvideox`,
+:mod:`.sana_video`, :mod:`.mochi`, :mod:`.allegro`, :mod:`.latte`, :mod:`.consisid`, :mod:`.hunyuan_video_framepack`,
+:mod:`.easyanimate`; shared
 computations in :mod:`.patterns`, the :class:`Family` type in :mod:`.base`.
 
 Every model class not listed here — and every subclass of a listed class, whose ``forward`` may
@@ -27,7 +31,31 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import auraflow, dit, flux, pixart, sana, sd3
+from . import (
+    allegro,
+    auraflow,
+    chronoedit,
+    cogvideox,
+    consisid,
+    dit,
+    easyanimate,
+    flux,
+    hunyuan_video,
+    hunyuan_video15,
+    hunyuan_video_framepack,
+    latte,
+    ltx,
+    ltx2,
+    minimax_h3,
+    mochi,
+    pixart,
+    sana,
+    sana_video,
+    sd3,
+    skyreels_v2,
+    wan,
+    wan_vace,
+)
 from .base import CallConditioning, ComputeFn, Family, UnsupportedModelError
 
 __all__ = [
@@ -43,9 +71,12 @@ __all__ = [
 ]
 
 #: Every supported class → its family.
-FAMILIES: dict[type, Family] = {
-    mod.FAMILY.model_class: mod.FAMILY for mod in (dit, pixart, sd3, flux, auraflow, sana)
-}
+_IMAGE = (dit, pixart, sd3, flux, auraflow, sana)
+_VIDEO = (
+    wan, wan_vace, chronoedit, skyreels_v2, hunyuan_video, hunyuan_video15, ltx, ltx2, minimax_h3, cogvideox,
+    sana_video, mochi, allegro, latte, consisid, hunyuan_video_framepack, easyanimate,
+)
+FAMILIES: dict[type, Family] = {mod.FAMILY.model_class: mod.FAMILY for mod in (*_IMAGE, *_VIDEO)}
 
 
 def unwrap_compiled(model: nn.Module) -> nn.Module:
@@ -83,7 +114,7 @@ def block_paths(model: nn.Module, family: Family) -> list[str]:
 
 def site_paths(model: nn.Module, family: Family) -> list[str]:
     """Dotted paths of every modulator site: model-level sites first, then blocks in order."""
-    paths = list(family.model_sites)
+    paths = list(family.model_sites if family.model_sites_of is None else family.model_sites_of(model))
     for bpath in block_paths(model, family):
         block = model.get_submodule(bpath)
         paths.extend(f"{bpath}.{rel}" for rel in family.block_sites(block))

@@ -60,6 +60,11 @@ class Family:
         check: returns a refusal reason for configurations the family does not cover, else None.
         adjust_values: optional in-place edit of the picked conditioning values for inputs the
             model ignores in some configurations (so they never split the key).
+        dtype_args: forward tensor arguments whose *dtype* (not content) the modulators depend on
+            (Wan casts its time embedding with ``type_as(encoder_hidden_states)``); each is keyed
+            as ``"<name>_dtype"`` and defaults to the hidden dtype when absent.
+        model_sites_of: optional model → model-level site paths, for classes whose model-level
+            sites depend on the configuration (replaces ``model_sites`` when set).
     """
 
     name: str
@@ -72,6 +77,8 @@ class Family:
     compute: ComputeFn
     check: Callable[[nn.Module], str | None]
     adjust_values: Callable[[nn.Module, dict[str, Any]], None] | None = None
+    dtype_args: tuple[str, ...] = ()
+    model_sites_of: Callable[[nn.Module], tuple[str, ...]] | None = None
 
     def call_conditioning(self, model: nn.Module, args: tuple, kwargs: dict) -> CallConditioning:
         """Bind a forward call's arguments and pick out what the modulators depend on."""
@@ -87,6 +94,9 @@ class Family:
         values = {name: arguments.get(name) for name in self.conditioning}
         if "batch_size" in values:  # not a forward argument: the models take it from the latents
             values["batch_size"] = hidden_states.shape[0]
+        for name in self.dtype_args:
+            arg = arguments.get(name)
+            values[f"{name}_dtype"] = arg.dtype if isinstance(arg, Tensor) else hidden_states.dtype
         if self.adjust_values is not None:
             self.adjust_values(model, values)
         lora_scale = 1.0
