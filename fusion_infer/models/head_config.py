@@ -71,7 +71,7 @@ class ControlHeadConfig:
         for name in ("mlp_ratio", "time_scale", "rope_base", "eps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-                raise ValueError(f"ControlHeadConfig.{name} must be a finite positive number, got {v!r}")
+                raise ValueError(f"ControlHeadConfig.{name} must be a positive number (and finite), got {v!r}")
         for name in ("attention_head_dim", "mlp_hidden_dim"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
