@@ -64,6 +64,7 @@ __all__ = [
     "LoadedHead",
     "TargetScaling",
     "TensorInfo",
+    "check_readable_file",
     "load_head",
     "make_metadata",
     "read_checkpoint",
@@ -329,8 +330,15 @@ _TORCH_TO_SAFETENSORS = {
 }
 
 
-def _check_readable_file(path: Any) -> None:
-    """Raise :class:`CheckpointError` saying precisely why ``path`` cannot be a checkpoint file."""
+def check_readable_file(path: Any) -> None:
+    """Raise :class:`CheckpointError` saying precisely why ``path`` cannot be a checkpoint file.
+
+    Example:
+        >>> check_readable_file("/")
+        Traceback (most recent call last):
+        ...
+        fusion_infer.checkpoint.CheckpointError: checkpoint /: is a directory, not a checkpoint file
+    """
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -358,7 +366,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tens
     """
     from safetensors import safe_open
 
-    _check_readable_file(path)
+    check_readable_file(path)
     try:
         with safe_open(os.fspath(path), framework="pt") as f:
             header = f.metadata() or {}

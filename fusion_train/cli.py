@@ -6,7 +6,7 @@ Sub-commands:
   summary; ``--synthetic N`` inspects the synthetic twin instead.
 * ``fusion-train head --recipe sf-normuon --out runs/head …``: train a control head
   (:func:`fusion_train.train_head`), keep ``best.safetensors``, write ``last.safetensors``,
-  ``telemetry.jsonl`` and (with ``--state-every``) ``training_state.pt``; ``--resume`` continues.
+  ``telemetry.jsonl`` and (with ``--state-every``) ``training_state.safetensors``; ``--resume`` continues.
 * ``fusion-train eval CHECKPOINT``: load a head (:func:`fusion_infer.load_head`) and report the
   validation metrics on the data's validation split.
 
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--val-t-buckets", type=_positive_int, default=10)
     v.add_argument("--out", help="output folder (best/last checkpoints, telemetry)")
     v.add_argument("--state-every", type=_non_negative_int, default=0, help="save the training state every N steps")
-    v.add_argument("--resume", help="training_state.pt to resume from")
+    v.add_argument("--resume", help="training_state.safetensors to resume from")
     v.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     d = p_head.add_argument_group("diversity training")
     d.add_argument("--diversity-reference", metavar="CHECKPOINT", help="frozen reference head to repel from")
