@@ -178,7 +178,8 @@ def atomic_write(path: str | os.PathLike, content: Content, *, encoding: str = "
         path: the destination file. Its folder is created if missing.
         content: ``bytes`` (or any bytes-like object), ``str`` (encoded with ``encoding``), or a
             callable ``write(tmp_path)`` that writes the file at ``tmp_path`` (a
-            :class:`~pathlib.Path` that already exists, empty, with the final mode) by name — for
+            :class:`~pathlib.Path` that already exists, empty; it may also replace that file, the
+            umask mode is restored afterwards) by name — for
             writers that need a path, such as ``safetensors.torch.save_file`` or
             ``Figure.savefig(tmp_path, format="png")``.
         encoding: text encoding for ``str`` content.
@@ -223,6 +224,8 @@ def atomic_write(path: str | os.PathLike, content: Content, *, encoding: str = "
         raise _explain(exc, path) from exc
     try:
         try:
+            # The kernel applied the umask at creation: this is the mode the file must end with.
+            mode = os.fstat(fd).st_mode & 0o7777
             if data is not None:
                 _write_all(fd, data)
                 os.fsync(fd)
@@ -230,6 +233,10 @@ def atomic_write(path: str | os.PathLike, content: Content, *, encoding: str = "
             os.close(fd)
         if write_fn is not None:
             write_fn(tmp)
+            # Some writers replace the file rather than write into it (safetensors' save_file
+            # leaves it 0o600): restore the umask mode.
+            if os.stat(tmp).st_mode & 0o7777 != mode:
+                os.chmod(tmp, mode)
             fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             try:
                 os.fsync(fd)  # the data is on disk before the rename makes it visible
