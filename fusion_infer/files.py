@@ -167,8 +167,14 @@ def _explain(exc: OSError, path: Path) -> OSError:
     reason = exc.strerror or str(exc) or type(exc).__name__
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         reason = f"{reason} (the disk or quota is full)"
-    # OSError(errno, message) returns the errno's subclass (PermissionError, …), as the cause had.
-    return OSError(exc.errno, f"could not write {path}: {reason}; the previous file is unchanged")
+    message = f"could not write {path}: {reason}; the previous file is unchanged"
+    if exc.errno is not None:
+        # OSError(errno, message) returns the errno's subclass (PermissionError, …), as the cause had.
+        return OSError(exc.errno, message)
+    try:
+        return type(exc)(message)
+    except Exception:  # an OSError subclass with another constructor
+        return OSError(message)
 
 
 def atomic_write(path: str | os.PathLike, content: Content, *, encoding: str = "utf-8") -> Path:
