@@ -519,7 +519,8 @@ def load_head(
        the number of tensors — so a 96 KB file declaring ``dim=16384`` fails here;
     4. the model built on the ``meta`` device (no memory) against the header: tensor names,
        shapes and dtypes (floating weights must be stored as floating point; integer and bool
-       buffers in their exact dtype); the ``targets`` count against ``out_channels``;
+       buffers in their exact dtype), after the ``targets`` count is checked against
+       ``out_channels``;
     5. the tensor data: NaN/inf values are refused unless ``allow_nonfinite=True``.
 
     Only then is the model built for real (its size is now that of the file's tensors), loaded
@@ -540,7 +541,6 @@ def load_head(
         config = config_cls.from_dict(meta["model_config"])
     except (TypeError, ValueError, OverflowError) as exc:
         raise _fail(path, f"model_config is invalid for {model_class}: {exc}") from exc
-    _compare_layout(_expected_layout(model_cls, config, model_class, path), layout, path)
     targets = meta.get("targets")
     out_channels = getattr(config, "out_channels", None)
     if targets is not None and isinstance(out_channels, int) and len(targets["names"]) != out_channels:
@@ -548,6 +548,7 @@ def load_head(
             path,
             f"targets lists {len(targets['names'])} channel(s) but model_config.out_channels is {out_channels}",
         )
+    _compare_layout(_expected_layout(model_cls, config, model_class, path), layout, path)
     try:
         tensors = load_file(os.fspath(path), device="cpu")
     except Exception as exc:
