@@ -27,12 +27,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from fusion_infer.checkpoint import CheckpointError
 from fusion_infer.noise_schedules import NOISE_SCHEDULES
 
 from .training.loop import TRAIN_RECIPES
 from .training.losses import LOSSES
 
-__all__ = ["build_parser", "main"]
+__all__ = ["USER_ERRORS", "build_parser", "main"]
+
+#: Errors that are the user's to fix — bad values, a missing, unreadable, corrupt or crafted file
+#: (:class:`~fusion_infer.CheckpointError` is a ``ValueError``), a full disk (``OSError``) — which
+#: :func:`main` prints as one ``fusion-train CMD: error: …`` line with exit status 2.
+USER_ERRORS = (CheckpointError, ValueError, TypeError, NotImplementedError, OSError, ImportError)
 
 
 def _positive_int(text: str) -> int:
@@ -230,14 +236,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fusion-train`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     ``argparse`` errors and ``--help`` exit via ``SystemExit`` as usual; errors from the library
-    (bad values, unreadable checkpoints, unavailable recipes) print ``fusion-train: error: …`` and
-    return 2.
+    (:data:`USER_ERRORS`: bad values, unreadable or crafted checkpoints and training states, a full
+    disk, unavailable recipes) print one ``fusion-train CMD: error: …`` line and return 2.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     command = {"data": _cmd_data, "head": _cmd_head, "eval": _cmd_eval}[args.command]
     try:
         return command(args)
-    except (ValueError, TypeError, NotImplementedError, FileNotFoundError, ImportError) as exc:
-        print(f"fusion-train {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the exception's text holds
+        print(f"fusion-train {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -3,9 +3,9 @@
 An optimizer's ``state_dict()`` (and a loader position, a few best-so-far numbers) is a tree of
 dicts, lists and tuples whose leaves are tensors and Python scalars. :func:`encode_tree` splits
 such a tree into a JSON-compatible object and a flat ``{name: tensor}`` dict (stored with
-safetensors); :func:`decode_tree` validates the JSON and rebuilds the very same tree. Unlike
-``pickle``/``torch.load(weights_only=False)`` nothing in the file can name a callable, so loading
-cannot run code; unlike ``torch.load(weights_only=True)`` there is no unpickler at all.
+safetensors); :func:`decode_tree` validates the JSON and rebuilds the very same tree. Unlike a
+pickle (``torch.save``), nothing in the file can name a callable, so loading cannot run code;
+unlike ``torch.load`` with ``weights_only=True`` there is no unpickler at all.
 
 What round-trips exactly (``decode_tree(*encode_tree(x)) == x``, tensors bit for bit):
 
