@@ -308,3 +308,12 @@ def test_no_other_atomic_write_implementation_in_the_project():
                     offenders.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
     assert not offenders, "use fusion_infer.files.atomic_write instead:\n" + "\n".join(offenders)
 
+
+
+@pytest.mark.parametrize("name", ["fusion_infer.files", "fusion_infer.bounded_json", "fusion_infer.checkpoint"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -341,3 +341,12 @@ def test_cli_full_disk_is_one_error_line_and_exit_2(tmp_path, capsys, monkeypatc
     assert code == 2, err
     assert len(err.splitlines()) == 1 and "error: " in err and "could not write" in err and "full" in err
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".fusion-tmp")]
+
+
+def test_codec_docstring_example():
+    import doctest
+
+    from fusion_train.training import state_codec
+
+    result = doctest.testmod(state_codec)
+    assert result.attempted > 0 and result.failed == 0
