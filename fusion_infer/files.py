@@ -7,7 +7,8 @@ file or the complete new one, never a half-written file, whatever happens to the
    up (``kill -9``, power loss) are removed first. Temporary names are recognisable,
    ``.{name}.{host}.{pid}.{token}.fusion-tmp``; one is removed only when it was made on this host
    by a process that no longer exists (``os.kill(pid, 0)`` fails with ``ProcessLookupError``), so
-   a concurrent writer's temporary file is never touched.
+   a concurrent writer's temporary file is never touched. (POSIX only: on Windows, where probing
+   a pid with ``os.kill`` would terminate it, stale temporaries are kept.)
 2. The new contents go to a fresh temporary file in the destination folder (``O_CREAT|O_EXCL``,
    mode ``0o666`` filtered by the process umask — the mode a plain ``open(path, "w")`` would
    give, not ``tempfile.mkstemp``'s ``0o600``).
@@ -86,6 +87,10 @@ def temp_name(target_name: str, pid: int | None = None, token: str | None = None
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return True  # not a pid we wrote: never judge it dead
+    if os.name == "nt":
+        # On Windows os.kill(pid, 0) *terminates* the process (TerminateProcess): never probe;
+        # stale temporaries are then kept rather than risked.
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
