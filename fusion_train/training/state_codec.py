@@ -10,8 +10,9 @@ unlike ``torch.load`` with ``weights_only=True`` there is no unpickler at all.
 What round-trips exactly (``decode_tree(*encode_tree(x)) == x``, tensors bit for bit):
 
 * ``None``, ``bool``, ``int`` (any size), ``str``;
-* ``float`` including ``nan``/``±inf`` (written as ``{"__float__": "nan"}``: strict JSON has no
-  such numbers; finite floats use ``repr``, which round-trips every double, Python ``json``);
+* ``float`` including ``nan``/``±inf`` (written as ``{"__float__": "nan"}``, a NaN with another
+  sign or payload as ``{"__float__": "nan:<its 64 bits in hex>"}``: strict JSON has no such
+  numbers; finite floats use ``repr``, which round-trips every double, Python ``json``);
 * ``list``; ``tuple`` (``{"__tuple__": [...]}``); ``dict`` with ``str`` keys (a JSON object)
   or other hashable keys — ``int`` parameter ids, tuples — (``{"__dict__": [[key, value], ...]}``);
 * ``torch.Tensor`` (``{"__tensor__": "t/3"}``; the same tensor object twice is stored once and
@@ -35,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
 
 import torch
@@ -53,8 +55,27 @@ _DTYPES = {
 }
 
 
+_CANONICAL_NAN_BITS = struct.unpack("<Q", struct.pack("<d", math.nan))[0]
+
+
 def _float_name(x: float) -> str:
-    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    """``"inf"``/``"-inf"``, ``"nan"`` for the canonical NaN, else ``"nan:<64-bit pattern in hex>"``
+    (a NaN's sign and payload survive too)."""
+    if not math.isnan(x):
+        return "inf" if x > 0 else "-inf"
+    bits = struct.unpack("<Q", struct.pack("<d", x))[0]
+    return "nan" if bits == _CANONICAL_NAN_BITS else f"nan:{bits:016x}"
+
+
+def _float_from_name(name: Any) -> float | None:
+    if not isinstance(name, str):
+        return None
+    if name in _FLOAT_NAMES:
+        return _FLOAT_NAMES[name]
+    if name.startswith("nan:") and len(name) == 20 and all(c in "0123456789abcdef" for c in name[4:]):
+        value = struct.unpack("<d", struct.pack("<Q", int(name[4:], 16)))[0]
+        return value if math.isnan(value) else None
+    return None
 
 
 def encode_tree(tree: Any, prefix: str = "t/") -> tuple[Any, dict[str, torch.Tensor]]:
@@ -140,9 +161,13 @@ def decode_tree(doc: Any, tensors: dict[str, torch.Tensor], *, require_all: bool
             used.add(body)
             return tensors[body]
         if tag == "__float__":
-            if body not in _FLOAT_NAMES:
-                raise ValueError(f"{where}: __float__ must be one of {sorted(_FLOAT_NAMES)}, got {body!r:.60}")
-            return _FLOAT_NAMES[body]
+            value = _float_from_name(body)
+            if value is None:
+                raise ValueError(
+                    f"{where}: __float__ must be one of {sorted(_FLOAT_NAMES)} or 'nan:<16 hex digits of a NaN>', "
+                    f"got {body!r:.60}"
+                )
+            return value
         if tag == "__dtype__":
             if body not in _DTYPES:
                 raise ValueError(f"{where}: __dtype__ must be one of {sorted(_DTYPES)}, got {body!r:.60}")

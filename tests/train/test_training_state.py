@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +192,8 @@ STATE_CASES = [
     ("unknown-kind", dict(edit_tensors=lambda t: t.update({"evil/0": torch.zeros(1)})), "unknown kind"),
     ("dangling-ref", dict(edit_tensors=lambda t: t.pop("optimizer/0")), "which the file does not hold"),
     ("bad-float-tag", dict(edit_doc=lambda d: d["extra"].update(x={"__float__": "1e400"})), "__float__ must be one of"),
+    ("float-tag-not-nan", dict(edit_doc=lambda d: d["extra"].update(x={"__float__": "nan:3ff0000000000000"})),
+     "__float__ must be one of"),
     ("bad-dtype-tag", dict(edit_doc=lambda d: d["extra"].update(x={"__dtype__": "object"})), "__dtype__ must be one of"),
     ("two-tags", dict(edit_doc=lambda d: d["extra"].update(x={"__tuple__": [], "__float__": "nan"})),
      "must be the object's only key"),
@@ -271,9 +274,8 @@ _trees = st.recursive(
 def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-    if isinstance(a, float):
-        return isinstance(b, float) and (a == b or (math.isnan(a) and math.isnan(b))) and \
-            math.copysign(1, a) == math.copysign(1, b)
+    if isinstance(a, float):  # the same 64 bits: sign of zero, NaN sign and payload included
+        return isinstance(b, float) and struct.pack("<d", a) == struct.pack("<d", b)
     if type(a) is not type(b):
         return False
     if isinstance(a, (list, tuple)):
@@ -350,3 +352,12 @@ def test_codec_docstring_example():
 
     result = doctest.testmod(state_codec)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_codec_keeps_nan_sign_and_payload_and_negative_zero():
+    neg_nan = struct.unpack("<d", struct.pack("<Q", 0xFFF8000000000000))[0]
+    payload_nan = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000123))[0]
+    tree = [neg_nan, payload_nan, -0.0, math.nan, -math.inf]
+    doc, tensors = encode_tree(tree)
+    back = decode_tree(json.loads(json.dumps(doc, allow_nan=False)), tensors)
+    assert [struct.pack("<d", x) for x in back] == [struct.pack("<d", x) for x in tree]
