@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+# The project's one atomic writer (temp file, fsync, rename, umask mode); benchmarks use it from here.
+from fusion_infer.files import atomic_write
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
@@ -25,18 +26,6 @@ def environment() -> dict:
         "device": "cpu",
         "date": time.strftime("%Y-%m-%d"),
     }
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def write_report(name: str, data: dict, markdown: str) -> None:

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +41,8 @@ from diffusers import (
 )
 from fusion_diffusers import apply_modulator_cache, remove_modulator_cache
 from fusion_diffusers.support import modulator_parameter_share
+
+from fusion_infer.files import atomic_write
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
@@ -217,16 +218,7 @@ def bench_model(name, spec, *, steps, repeats, device, dtype) -> dict:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text)
 
 
 def _markdown(results: list[dict], meta: dict) -> str:

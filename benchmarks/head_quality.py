@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import OUT_DIR, environment, md_table, write_report  # noqa: E402
 
 from fusion_infer import ControlHeadConfig  # noqa: E402
+from fusion_infer.files import atomic_write  # noqa: E402
 from fusion_train import DiversityConfig, HeadTrainConfig, train_head  # noqa: E402
 from fusion_train.data import ReferenceData, ReferenceDataConfig, build_reference_data  # noqa: E402
 from fusion_train.training.loop import DEFAULT_LR, make_optimizer  # noqa: E402
@@ -314,11 +315,10 @@ def plot(equal_steps, sweep, best_lr, recipes) -> Path | None:
     ax_gamma.legend()
     fig.tight_layout()
     path = OUT_DIR / "head_quality_loss_gamma.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".head_quality_loss_gamma.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 

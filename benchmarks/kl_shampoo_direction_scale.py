@@ -23,13 +23,12 @@ Usage:
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
 
+from fusion_infer.files import atomic_write
 from fusion_train.optim.kl_shampoo import (
     KLShampooConfig,
     kl_shampoo_init_state,
@@ -92,18 +91,6 @@ def run_case(kind: str, shape: tuple[int, int], cfg: KLShampooConfig, seed: int 
     return {"kind": kind, "shape": list(shape), "finite": finite, "steps": rows}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _markdown(results: list[dict], cfg: KLShampooConfig) -> str:
     lines = [
         "# KL-Shampoo direction scale over 20 steps",
@@ -158,9 +145,9 @@ def main() -> None:
         },
         "results": results,
     }
-    _atomic_write(OUT_DIR / "kl_shampoo_direction_scale.json", json.dumps(payload, indent=1) + "\n")
+    atomic_write(OUT_DIR / "kl_shampoo_direction_scale.json", json.dumps(payload, indent=1) + "\n")
     md = _markdown(results, cfg)
-    _atomic_write(OUT_DIR / "kl_shampoo_direction_scale.md", md)
+    atomic_write(OUT_DIR / "kl_shampoo_direction_scale.md", md)
     print(md)
 
 

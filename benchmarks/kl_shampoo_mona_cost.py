@@ -34,12 +34,12 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from fusion_infer.files import atomic_write
 from fusion_train.optim.kl_shampoo import (
     KLShampooConfig,
     kl_shampoo_init_state,
@@ -83,18 +83,6 @@ def _time_calls(fn, inner: int) -> float:
     for _ in range(inner):
         fn()
     return (time.perf_counter() - start) / inner
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def measure_shape(name: str, shape: tuple[int, int], gen: torch.Generator) -> dict:
@@ -163,7 +151,7 @@ def main() -> None:
         "totals_s": totals,
         "totals_ratio_to_ns5": {k: v / totals["ns5"] for k, v in totals.items()},
     }
-    _atomic_write(OUT_DIR / "kl_shampoo_mona_cost.json", json.dumps(payload, indent=1) + "\n")
+    atomic_write(OUT_DIR / "kl_shampoo_mona_cost.json", json.dumps(payload, indent=1) + "\n")
     lines = [
         "# KL-Shampoo and MONA component cost vs one NS5 call",
         "",
@@ -188,7 +176,7 @@ def main() -> None:
     )
     lines += [f"| **all** | {cells} |", ""]
     md = "\n".join(lines)
-    _atomic_write(OUT_DIR / "kl_shampoo_mona_cost.md", md)
+    atomic_write(OUT_DIR / "kl_shampoo_mona_cost.md", md)
     print(md)
 
 

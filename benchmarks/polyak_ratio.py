@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _report import OUT_DIR, environment, md_table, write_report
+from _report import OUT_DIR, atomic_write, environment, md_table, write_report
 
 from fusion_infer import ControlHead, ControlHeadConfig
 from fusion_train import FusionOpt, build_param_groups
@@ -91,8 +91,7 @@ def main() -> None:
         ax[1].set_title("training loss (Huber)")
         ax[1].legend()
         fig.tight_layout()
-        OUT_DIR.mkdir(parents=True, exist_ok=True)
-        fig.savefig(OUT_DIR / "polyak_ratio.png", dpi=100)
+        atomic_write(OUT_DIR / "polyak_ratio.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
         plot = "![ratio and loss](polyak_ratio.png)\n"
     except ImportError:
         plot = "(matplotlib not installed: no plot)\n"

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
+from fusion_infer.files import atomic_write
 from fusion_train.data import ReferenceDataConfig, build_reference_data, synthetic_data
-from fusion_train.data.cache import atomic_write_bytes
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 
@@ -133,8 +133,8 @@ def main() -> None:
             }
 
     OUT.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(OUT / "reference_data.json", json.dumps(result, indent=1).encode())
-    atomic_write_bytes(OUT / "reference_data.md", _markdown(result).encode())
+    atomic_write(OUT / "reference_data.json", json.dumps(result, indent=1))
+    atomic_write(OUT / "reference_data.md", _markdown(result))
     print(_markdown(result))
 
 

@@ -31,6 +31,7 @@ import torch
 from _report import OUT_DIR, environment, interleaved_medians, md_table, write_report
 
 from fusion_infer import ControlHeadConfig
+from fusion_infer.files import atomic_write
 from fusion_infer.noise_schedules import get_noise_schedule
 from fusion_infer.shrink import block_importance, count_cost, shrink_depth, shrink_width
 from fusion_train.data import ReferenceDataConfig, build_reference_data
@@ -208,7 +209,6 @@ def main() -> None:
 
 def plot(rows: dict, path):
     """Two panels: every point (zero-shot included), and a zoom on the trained children."""
-    import os
 
     import matplotlib
 
@@ -234,11 +234,10 @@ def plot(rows: dict, path):
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 

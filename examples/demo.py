@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,6 +54,7 @@ from fusion_infer import (  # noqa: E402
     rising_pause_falling,
     sample,
 )
+from fusion_infer.files import atomic_write  # noqa: E402
 from fusion_train.data import (  # noqa: E402
     ReferenceData,
     ReferenceDataConfig,
@@ -256,22 +255,14 @@ def plot_curves(path: Path, target, curve_u, curve_g, err_u, err_g) -> None:
     axes[-1, 0].set_xlabel("time (s)")
     fig.suptitle("Loudness re-measured from generated latents: target vs unguided vs guided")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, text + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from fusion_infer import BaseDiT, ControlHead, ControlHeadConfig, base_dit_config
+from fusion_infer.files import atomic_write
 from fusion_train import FusionOpt, build_param_groups
 
 FORMAT = "fusion-demo-checkpoint/1"
@@ -180,14 +179,8 @@ def save_checkpoint(path: Path, model: ControlHead, metadata: dict[str, Any]) ->
         "config": json.dumps(model.config.to_dict()),
         "extra": json.dumps(metadata),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load_checkpoint(path: Path) -> tuple[ControlHead, dict[str, Any]]:

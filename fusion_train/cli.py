@@ -6,7 +6,7 @@ Sub-commands:
   summary; ``--synthetic N`` inspects the synthetic twin instead.
 * ``fusion-train head --recipe sf-normuon --out runs/head …``: train a control head
   (:func:`fusion_train.train_head`), keep ``best.safetensors``, write ``last.safetensors``,
-  ``telemetry.jsonl`` and (with ``--state-every``) ``training_state.pt``; ``--resume`` continues.
+  ``telemetry.jsonl`` and (with ``--state-every``) ``training_state.safetensors``; ``--resume`` continues.
 * ``fusion-train eval CHECKPOINT``: load a head (:func:`fusion_infer.load_head`) and report the
   validation metrics on the data's validation split.
 
@@ -27,12 +27,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from fusion_infer.checkpoint import CheckpointError
 from fusion_infer.noise_schedules import NOISE_SCHEDULES
 
 from .training.loop import TRAIN_RECIPES
 from .training.losses import LOSSES
 
-__all__ = ["build_parser", "main"]
+__all__ = ["USER_ERRORS", "build_parser", "main"]
+
+#: Errors that are the user's to fix — bad values, a missing, unreadable, corrupt or crafted file
+#: (:class:`~fusion_infer.CheckpointError` is a ``ValueError``), a full disk (``OSError``) — which
+#: :func:`main` prints as one ``fusion-train CMD: error: …`` line with exit status 2.
+USER_ERRORS = (CheckpointError, ValueError, TypeError, NotImplementedError, OSError, ImportError)
 
 
 def _positive_int(text: str) -> int:
@@ -133,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--val-t-buckets", type=_positive_int, default=10)
     v.add_argument("--out", help="output folder (best/last checkpoints, telemetry)")
     v.add_argument("--state-every", type=_non_negative_int, default=0, help="save the training state every N steps")
-    v.add_argument("--resume", help="training_state.pt to resume from")
+    v.add_argument("--resume", help="training_state.safetensors to resume from")
     v.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     d = p_head.add_argument_group("diversity training")
     d.add_argument("--diversity-reference", metavar="CHECKPOINT", help="frozen reference head to repel from")
@@ -230,14 +236,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fusion-train`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     ``argparse`` errors and ``--help`` exit via ``SystemExit`` as usual; errors from the library
-    (bad values, unreadable checkpoints, unavailable recipes) print ``fusion-train: error: …`` and
-    return 2.
+    (:data:`USER_ERRORS`: bad values, unreadable or crafted checkpoints and training states, a full
+    disk, unavailable recipes) print one ``fusion-train CMD: error: …`` line and return 2.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     command = {"data": _cmd_data, "head": _cmd_head, "eval": _cmd_eval}[args.command]
     try:
         return command(args)
-    except (ValueError, TypeError, NotImplementedError, FileNotFoundError, ImportError) as exc:
-        print(f"fusion-train {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the exception's text holds
+        print(f"fusion-train {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ configuration without importing the model.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +70,8 @@ class ControlHeadConfig:
             raise ValueError(f"ControlHeadConfig.cond_dim must be an int >= 0, got {self.cond_dim!r}")
         for name in ("mlp_ratio", "time_scale", "rope_base", "eps"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"ControlHeadConfig.{name} must be a positive number, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+                raise ValueError(f"ControlHeadConfig.{name} must be a positive number (and finite), got {v!r}")
         for name in ("attention_head_dim", "mlp_hidden_dim"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):

@@ -8,15 +8,14 @@ The manifest is written last and is the commit point: it records a format versio
 hash and, for every data file, its size and SHA-256. A folder is trusted only when the manifest
 parses, its version and hash match, and every file's size and checksum match; otherwise the
 folder is rebuilt (a crash mid-build, a truncated or edited file, a stale format). Every file is
-written to a temporary file in the same folder, fsynced, then ``os.replace``d over the target, so
-a failed write never leaves a half-written file under the real name.
+written with :func:`fusion_infer.files.atomic_write` (temporary file in the same folder, fsync,
+rename), so a failed write never leaves a half-written file under the real name.
 
 Example:
     >>> import tempfile, pathlib
     >>> root = pathlib.Path(tempfile.mkdtemp())
-    >>> atomic_write_bytes(root / "x.bin", b"hello")
-    >>> (root / "x.bin").read_bytes()
-    b'hello'
+    >>> resolve_cache_root(root) == root
+    True
 """
 
 from __future__ import annotations
@@ -24,16 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fusion_infer.files import atomic_write
 
 __all__ = [
     "MANIFEST_NAME",
     "CacheInvalid",
-    "atomic_write",
-    "atomic_write_bytes",
     "file_sha256",
     "read_manifest",
     "resolve_cache_root",
@@ -61,31 +58,6 @@ def resolve_cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path.home() / ".cache" / "fusion"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then atomically move the temporary file to ``path``.
-
-    If ``write`` (or the move) raises, the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -107,7 +79,7 @@ def write_manifest(folder: Path, version: int, config_hash: str, files: list[str
         },
         **info,
     }
-    atomic_write_bytes(folder / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    atomic_write(folder / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
 
 

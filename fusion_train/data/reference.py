@@ -57,9 +57,10 @@ from fusion_infer.controls.mel_bands import (
     MelSpec,
     band_mel_weights,
 )
+from fusion_infer.files import atomic_write
 
 from . import corpus
-from .cache import atomic_write, read_manifest, resolve_cache_root, write_manifest
+from .cache import read_manifest, resolve_cache_root, write_manifest
 from .controls import audio_control_targets
 from .dataset import ReferenceData, split_stats
 from .mel import log_mel, samples_for_frames

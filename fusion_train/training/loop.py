@@ -466,7 +466,7 @@ class HeadTrainConfig:
         val_every, val_seeds, val_t_buckets, val_batch_size, val_max_excerpts: validation (see the
             module docstring); ``val_max_excerpts`` caps the validation excerpts (first ones).
         out_dir: where ``best.safetensors``, ``last.safetensors``, ``telemetry.jsonl`` and
-            ``training_state.pt`` go (``None``: nothing is written).
+            ``training_state.safetensors`` go (``None``: nothing is written).
         state_every: save the training state every that many steps (0: never).
         resume_from: a training-state file to resume from.
         log_every, progress, tensorboard: telemetry cadence, tqdm bar, TensorBoard (None: if installed).
@@ -507,7 +507,7 @@ class HeadTrainConfig:
     def __post_init__(self) -> None:
         validate_loop_config(self, nonneg_ints=("val_every", "state_every", "warmup_steps", "seed"))
         if self.state_every and self.out_dir is None:
-            raise ValueError("state_every needs out_dir (where training_state.pt is written)")
+            raise ValueError("state_every needs out_dir (where training_state.safetensors is written)")
         if self.diversity is not None and not isinstance(self.diversity, DiversityConfig):
             raise TypeError(f"diversity must be a DiversityConfig or None, got {type(self.diversity).__name__}")
 
@@ -654,7 +654,7 @@ def train_head(config: HeadTrainConfig, data: Any = None) -> TrainResult:
 
     meta = dict(noise_schedule=config.noise_schedule, loss=config.loss, recipe=config.recipe, targets=scaling)
     best_path = out / "best.safetensors" if out is not None else None
-    state_path = out / "training_state.pt" if out is not None else None
+    state_path = out / "training_state.safetensors" if out is not None else None
     kept: dict[str, Any] = {"metrics": best_metrics}
 
     def on_improve(step: int, metrics: dict[str, float]) -> None:

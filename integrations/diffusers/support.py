@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import diffusers
+from fusion_infer.files import atomic_write
 
 from .families import FAMILIES, UnsupportedModelError, resolve_family
 
@@ -131,16 +130,7 @@ def support_markdown(rows: list[dict]) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text)
 
 
 def main() -> None:

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from fusion_infer.files import atomic_write
 from fusion_train.data.cache import (
     CacheInvalid,
-    atomic_write,
-    atomic_write_bytes,
     read_manifest,
     resolve_cache_root,
     write_manifest,
@@ -32,7 +31,7 @@ def test_cache_root_precedence(monkeypatch, tmp_path):
 
 def test_failed_write_leaves_previous_file_intact(tmp_path):
     target = tmp_path / "data.bin"
-    atomic_write_bytes(target, b"old contents")
+    atomic_write(target, b"old contents")
 
     def half_then_fail(tmp: Path) -> None:
         tmp.write_bytes(b"new but incomp")
@@ -46,14 +45,14 @@ def test_failed_write_leaves_previous_file_intact(tmp_path):
 
 def test_failed_rename_leaves_previous_file_intact(tmp_path, monkeypatch):
     target = tmp_path / "data.bin"
-    atomic_write_bytes(target, b"old")
+    atomic_write(target, b"old")
 
     def broken_replace(src, dst):
         raise PermissionError("rename refused")
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(PermissionError):
-        atomic_write_bytes(target, b"new")
+        atomic_write(target, b"new")
     monkeypatch.undo()
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]

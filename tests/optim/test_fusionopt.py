@@ -51,7 +51,7 @@ def test_resume_is_bit_identical(tiny_dit, kw, save_in_eval):
     _train(model, opt, batches[5:])
 
     buf.seek(0)
-    ckpt = torch.load(buf, weights_only=False)
+    ckpt = torch.load(buf, weights_only=True)
     model2 = TinyDiT()
     model2.load_state_dict(ckpt["model"])
     opt2 = FusionOpt(build_param_groups(model2), lr=2e-3, **kw)

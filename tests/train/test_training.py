@@ -176,7 +176,7 @@ def test_resume_matches_uninterrupted_bit_for_bit(tmp_path, recipe, head):
     assert first.steps == 3
     torch.manual_seed(1234)  # the resumed run must not depend on the global RNG at call time
     resumed = train_head(
-        dataclasses.replace(cfg, out_dir=str(tmp_path / "c"), resume_from=str(tmp_path / "b" / "training_state.pt")),
+        dataclasses.replace(cfg, out_dir=str(tmp_path / "c"), resume_from=str(tmp_path / "b" / "training_state.safetensors")),
         data,
     )
     for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
