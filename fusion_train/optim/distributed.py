@@ -417,7 +417,7 @@ class DistributedFusion:
             return n
 
         recv_sizes = [0] * W
-        for group, p, spec, seeding, _, _ in plan:
+        for _, _, spec, seeding, _, _ in plan:
             if spec.owner == rank:
                 for s, (lo, hi) in enumerate(row_ranges(spec.rows, W)):
                     recv_sizes[s] += piece_len(spec, seeding, lo, hi)
@@ -479,7 +479,7 @@ class DistributedFusion:
         from .optimizer import lr_shape_scale  # the optimizer module imports this one lazily
 
         back: list[list[torch.Tensor]] = [[] for _ in range(W)]
-        for (group, p, spec, direct, row_var), o in zip(owned, ortho):
+        for (group, _, spec, direct, row_var), o in zip(owned, ortho):
             if direct is not None:
                 U = direct
             else:
@@ -502,7 +502,7 @@ class DistributedFusion:
 
         # --- return each rank its rows
         recv_back = [0] * W
-        for group, p, spec, seeding, _, _ in plan:
+        for _, _, spec, seeding, _, _ in plan:
             if seeding:
                 continue
             lo, hi = row_ranges(spec.rows, W)[rank]
@@ -639,7 +639,7 @@ def attach_distributed(opt: FusionOpt, process_group: Any = None) -> Distributed
     if process_group is not None and process_group is not group:
         raise ValueError("process_group is for replicated (DDP) parameters; DTensor parameters "
                          "communicate over their own device mesh (pass process_group=None)")
-    for g, p in params:
+    for _, p in params:
         local = p.to_local()
         lo, hi = row_ranges(p.shape[0], mesh.size())[mesh.get_local_rank()]
         if local.shape[0] != hi - lo or tuple(local.shape[1:]) != tuple(p.shape[1:]):

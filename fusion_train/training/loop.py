@@ -57,7 +57,14 @@ from ..optim.routing import build_param_groups
 from .diversity import DiversityConfig, DiversityLoss, derivative_correlation
 from .export import export_checkpoint, load_training_state, save_training_state
 from .losses import task_loss, validate_loss_name
-from .parallel import PARALLEL_MODES, is_writer, rank_slice, resolve_parallel, world_info, wrap_model
+from .parallel import (
+    PARALLEL_MODES,
+    is_writer,
+    rank_slice,
+    resolve_parallel,
+    world_info,
+    wrap_model,
+)
 from .telemetry import TelemetryWriter, optimizer_telemetry
 
 __all__ = [

@@ -194,7 +194,7 @@ def check_nonfinite_one_rank(rank, world, tmp):
 def check_replicated_parity(rank, world, tmp):
     """DDP-style: plain parameters and process_group=WORLD split the NS batches and all-gather."""
     for recipe, polyak, exact in [("sf-normuon", "off", True), ("full", "off", True), ("muon", "off", True),
-                                  ("sf-normuon", "relative", False)]:
+                                  ("sf-adamw", "off", True), ("sf-normuon", "relative", False)]:
         ref, rep = Bag(), Bag()
         o_ref = FusionOpt(ref.groups(), lr=0.02, recipe=recipe, polyak=polyak)
         o_rep = FusionOpt(rep.groups(), lr=0.02, recipe=recipe, polyak=polyak, process_group=dist.group.WORLD)
@@ -206,12 +206,16 @@ def check_replicated_parity(rank, world, tmp):
             inject(params_of(rep), grads, sharded=False)
             o_ref.step(loss=torch.stack(losses).mean())
             o_rep.step(loss=losses[rank])
-        for i, (a, b) in enumerate(zip(params_of(ref), params_of(rep))):
-            if exact:
-                assert torch.equal(a, b), f"replicated {recipe}/{polyak}: param {i}"
-            else:
-                torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
-        assert 0 < o_rep._dist.ns_matrices < 3 * len(SPECTRAL_SHAPES)
+        for when in ("", " after eval()"):
+            if when and o_ref.sf:
+                o_ref.eval(), o_rep.eval()
+            for i, (a, b) in enumerate(zip(params_of(ref), params_of(rep))):
+                if exact:
+                    assert torch.equal(a, b), f"replicated {recipe}/{polyak}{when}: param {i}"
+                else:
+                    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+        if "ns5" in o_rep.components:
+            assert 0 < o_rep._dist.ns_matrices < 3 * len(SPECTRAL_SHAPES)
     # plain parameters without a process group: untouched single-process behaviour
     assert FusionOpt(Bag().groups(), lr=0.02)._dist is None
 
@@ -357,4 +361,4 @@ def check_end_to_end(rank, world, tmp):
         for (name, a), b in zip(ref.named_parameters(), sh.parameters()):
             full = b.full_tensor().detach()
             torch.testing.assert_close(full, a.detach(), rtol=1e-5, atol=1e-5 * float(a.detach().abs().max()),
-                                       msg=lambda m: f"{recipe}: {name}: {m}")
+                                       msg=lambda m, where=f"{recipe}: {name}": f"{where}: {m}")
