@@ -161,7 +161,25 @@ def check_sharded_parity(rank, world, tmp):
 
 
 def check_ns_share(rank, world, tmp):
-    """Each rank orthogonalises only its share of the spectral matrices."""
+    """Each rank orthogonalises only its share of the spectral matrices, and a step makes exactly
+    one all-reduce (the global scalars) and two all-to-alls (out to the owners and back)."""
+    calls = {"all_reduce": 0, "all_to_all_single": 0}
+    originals = {name: getattr(dist, name) for name in calls}
+
+    def counting(name):
+        def fn(*args, **kwargs):
+            calls[name] += 1
+            return originals[name](*args, **kwargs)
+        return fn
+
+    for name in calls:
+        setattr(dist, name, counting(name))
+    try:
+        _, _, _, o_sh = run_pair(rank, world, "full", "relative", 3, opts={"precondition_frequency": 2})
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+    assert calls == {"all_reduce": 3, "all_to_all_single": 6}, calls
     _, _, _, o_sh = run_pair(rank, world, "muon", "off", 1)
     n = len(SPECTRAL_SHAPES)
     counts = [torch.zeros((), dtype=torch.int64) for _ in range(world)]
@@ -298,6 +316,42 @@ def check_reshard_load(rank, world, tmp):
     oref = FusionOpt(ref.groups(), **OPTS)
     _steps(ref, oref, range(6), 0, 1, sharded=False)
     compare(ref, b, rank, world, False, "resharded resume")
+
+
+def check_export(rank, world, tmp):
+    """export_checkpoint under FSDP2: every rank gathers, rank 0 alone writes the averaged weights,
+    which equal a single-process export of the same training bit for bit (no Polyak)."""
+    from safetensors.torch import load_file
+    from torch.distributed.fsdp import fully_shard
+
+    from fusion_infer.models.control_head import ControlHead, ControlHeadConfig
+    from fusion_train import build_param_groups, export_checkpoint
+
+    def head():
+        torch.manual_seed(0)
+        return ControlHead(ControlHeadConfig(in_channels=8, out_channels=3, dim=32, depth=1, heads=2))
+
+    ref, sh = head(), head()
+    fully_shard(sh)
+    o_ref = FusionOpt(build_param_groups(ref), lr=0.01)
+    o_sh = FusionOpt(build_param_groups(sh), lr=0.01)
+    for k in range(2):
+        grads = global_grads(k, [tuple(p.shape) for p in ref.parameters()])
+        inject(list(ref.parameters()), grads, sharded=False)
+        inject(list(sh.parameters()), grads, sharded=True)
+        o_ref.step(), o_sh.step()
+    out = os.path.join(tmp, "export")
+    os.makedirs(out, exist_ok=True)
+    path = export_checkpoint(sh, o_sh, os.path.join(out, "head.safetensors"))
+    dist.barrier()
+    assert sorted(os.listdir(out)) == ["head.safetensors"]  # one file, no temporaries
+    got = load_file(str(path))
+    o_ref.eval()
+    want = {k: v.detach() for k, v in ref.state_dict().items()}
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    assert o_sh.training  # export does not switch the optimizer's mode
 
 
 def check_errors(rank, world, tmp):

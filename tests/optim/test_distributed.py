@@ -66,9 +66,10 @@ def test_process_group_needs_initialised_distributed():
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo spawn tests run on Linux/macOS")
 def test_two_ranks_fsdp2_ddp_dcp_errors(tmp_path):
     """FSDP2 (uneven/empty shards, a batch of 3 on 2 ranks) and DDP against one process;
-    non-finite on one rank; DCP resume bit-identity; NS share; error cases."""
+    non-finite on one rank; DCP resume bit-identity; NS share and collective counts; FSDP2 export
+    from rank 0; error cases."""
     spawn(2, ["check_errors", "check_sharded_parity", "check_replicated_parity",
-              "check_nonfinite_one_rank", "check_dcp_resume", "check_ns_share"], tmp_path)
+              "check_nonfinite_one_rank", "check_dcp_resume", "check_ns_share", "check_export"], tmp_path)
 
 
 @pytest.mark.slow
