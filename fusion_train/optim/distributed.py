@@ -18,10 +18,11 @@ placement ``(Shard(0),)``, as ``torch.distributed.fsdp.fully_shard`` leaves them
     (``components/distributed_optimizers/muon/distributed_muon.py``) without padding: the split
     sizes of ``all_to_all_single`` carry uneven and empty shards as they are.
 
-    Why all-to-all rather than all-gather: to orthogonalise a batch of ``n`` matrices of ``R·C``
-    elements, all-to-all moves each element to one owner (``n·R·C·(W−1)/W`` elements in total each
-    way), while all-gather-everything moves every element to every rank (``n·R·C·(W−1)`` in total),
-    ``W`` times more; ``benchmarks/distributed_step.py`` counts both.
+    Why all-to-all rather than all-gather: for ``n`` matrices of ``R·C`` elements, the all-to-all
+    moves each element to its owner and the result back (``2·n·R·C·(W−1)/W`` elements in total),
+    while gathering every matrix on every rank (each rank then computes all of them and keeps its
+    rows: no return trip, no split of the work) moves ``n·R·C·(W−1)``: ``W/2`` times more, equal
+    at ``W = 2`` and 4× at ``W = 8``; ``benchmarks/distributed_step.py`` counts both.
 
 ``"replicated"`` (DDP: plain parameters and ``process_group=pg``)
     Every rank holds the full (already averaged) gradients. Each same-shape Newton–Schulz batch is
