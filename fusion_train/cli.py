@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--state-every", type=_non_negative_int, default=0, help="save the training state every N steps")
     v.add_argument("--resume", help="training_state.safetensors to resume from")
     v.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    t.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the head with FSDP2 instead of DDP (docs/distributed.md)")
     d = p_head.add_argument_group("diversity training")
     d.add_argument("--diversity-reference", metavar="CHECKPOINT", help="frozen reference head to repel from")
     d.add_argument("--diversity-lambda", type=float, default=0.3)
@@ -178,7 +180,18 @@ def _cmd_head(args: argparse.Namespace) -> int:
 
     if args.diversity_reference is None and (args.warm_start or args.diversity_warmup):
         raise ValueError("--warm-start and --diversity-warmup need --diversity-reference")
-    data = _load_data(args, progress=not args.no_progress)
+    import torch.distributed as tdist
+
+    from .training.parallel import init_from_env, is_writer
+
+    multi = init_from_env(args.device)  # torchrun: start the process group (WORLD_SIZE > 1)
+    if args.fsdp and not multi:
+        raise ValueError("--fsdp needs several processes: launch with torchrun --nproc_per_node N")
+    if multi and not is_writer():
+        tdist.barrier()  # let rank 0 build (and cache) the data first
+    data = _load_data(args, progress=not args.no_progress and is_writer())
+    if multi and is_writer():
+        tdist.barrier()
     head = ControlHeadConfig(in_channels=int(data.latents.shape[1]), out_channels=int(data.controls.shape[1]),
                              dim=args.dim, depth=args.depth, heads=args.heads)
     diversity = None
@@ -194,9 +207,17 @@ def _cmd_head(args: argparse.Namespace) -> int:
         huber_delta=args.huber_delta, noise_schedule=args.noise_schedule, grad_clip=args.grad_clip,
         seed=args.seed, val_every=args.val_every, val_seeds=tuple(range(args.val_seeds)),
         val_t_buckets=args.val_t_buckets, out_dir=args.out, state_every=args.state_every,
-        resume_from=args.resume, progress=not args.no_progress, device=args.device, diversity=diversity,
+        resume_from=args.resume, progress=not args.no_progress and is_writer(), device=args.device,
+        diversity=diversity, parallel="fsdp" if args.fsdp else "auto",
     )
-    result = train_head(config, data)
+    try:
+        result = train_head(config, data)
+    finally:
+        writer = is_writer()
+        if multi:
+            tdist.destroy_process_group()
+    if not writer:
+        return 0
     print(f"best val median MAE {result.best_score:.3f} dB at step {result.best_step} "
           f"({result.steps} steps, {result.seconds:.1f} s)")
     if result.best_path is not None:
@@ -248,3 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())  # one line, whatever the exception's text holds
         print(f"fusion-train {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node N -m fusion_train.cli head …
+    sys.exit(main())

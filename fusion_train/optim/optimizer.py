@@ -65,6 +65,7 @@ from typing import Any
 import torch
 
 from .compilation import compile_pure
+from .distributed import attach_distributed
 from .kl_shampoo import (
     KLShampooConfig,
     KLShampooState,
@@ -118,6 +119,11 @@ def _check_range(name: str, value: float, lo: float, hi: float, hi_open: bool = 
         raise ValueError(f"{name} must be in [{lo}, {hi}{bracket}, got {value!r}")
 
 
+def _local_device(p: torch.Tensor) -> torch.device:
+    # a DTensor parameter's device is its mesh's; the scalars live there too
+    return p.to_local().device if hasattr(p, "to_local") else p.device
+
+
 def _state_dtype(p: torch.Tensor) -> torch.dtype:
     # Low-precision parameters keep fp32 moments: bf16 EMAs lose most of a small update.
     return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
@@ -165,6 +171,9 @@ class FusionOpt(torch.optim.Optimizer):
             factor, no state); see docs/benchmarks/component_profile.md for the cost trade-off.
         shampoo_eps: KL-Shampoo damping in ``1/(√(d_a·d_b) + eps)``.
         compile: compile the per-shape-batch functions with ``torch.compile`` (eager fallback).
+        process_group: for replicated (DDP) parameters, the group over which Newton–Schulz work is
+            split and the loss / non-finite flags are reduced. FSDP2 (DTensor) parameters are
+            detected without it. See distributed.py and docs/distributed.md.
 
     Example (the full recipe; a spectral parameter's first step only seeds KL-Shampoo):
         >>> import torch
@@ -214,6 +223,7 @@ class FusionOpt(torch.optim.Optimizer):
         max_precond_dim: int = 2048,
         shampoo_eps: float = 1e-8,
         compile: bool = False,
+        process_group: Any = None,
     ) -> None:
         comps = resolve_components(recipe, components, allow_unbounded=allow_unbounded)
         sf = "sf" in comps
@@ -298,10 +308,12 @@ class FusionOpt(torch.optim.Optimizer):
             k=0, lr_max=-1.0, weight_sum=0.0, scheduled_lr=0.0,
         )
         super().__init__(self._normalise_groups(params), defaults)
-        device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
+        device = next((_local_device(p) for g in self.param_groups for p in g["params"]), torch.device("cpu"))
         self._polyak = PolyakState(polyak, polyak_beta, gamma_clamp, device)
         self._nonfinite_steps = torch.zeros((), dtype=torch.float32, device=device)
         self._train_mode = True
+        # --- distributed seam (1/5): FSDP2 / DDP set-up; None for a single process
+        self._dist = attach_distributed(self, process_group)
 
     # ---------------------------------------------------------------- groups
     def _normalise_groups(self, params) -> list[dict[str, Any]]:
@@ -427,6 +439,8 @@ class FusionOpt(torch.optim.Optimizer):
             raise ValueError(
                 f"polyak={self._polyak.mode!r} needs the loss: call step(loss=loss) or step(closure)"
             )
+        if self._dist is not None and self._dist.sharded:  # distributed seam (2/5): FSDP2 step
+            return self._dist.step(self, loss)
         items = []
         for group in self.param_groups:
             names = group.get("param_names") or [f"group{len(items)}#{i}" for i in range(len(group["params"]))]
@@ -438,7 +452,10 @@ class FusionOpt(torch.optim.Optimizer):
         if not items:
             return loss
         grads = [p.grad for _, p, _ in items]
-        finite = self._check_finite(grads, loss, [n for *_, n in items])
+        if self._dist is None:
+            finite, global_loss = self._check_finite(grads, loss, [n for *_, n in items]), loss
+        else:  # distributed seam (3/5): one all-reduce of the non-finite flag and the mean loss
+            finite, global_loss, _ = self._dist.reduce_global_scalars(self, grads, loss, [n for *_, n in items])
         gate = finite.to(torch.float32)
         self._nonfinite_steps += 1.0 - gate
         zero = torch.zeros((), dtype=grads[0].dtype, device=grads[0].device)
@@ -449,7 +466,7 @@ class FusionOpt(torch.optim.Optimizer):
             for _, p, _ in items:
                 if "z" not in self.state[p]:
                     self.state[p]["z"] = p.detach().clone()
-        multiplier = self._polyak_multiplier(items, grads, loss, sched, gate)
+        multiplier = self._polyak_multiplier(items, grads, global_loss, sched, gate)
 
         spectral = [(grp, p, g) for (grp, p, _), g in zip(items, grads) if grp["group_type"] == "spectral"]
         scalar = [(grp, p, g) for (grp, p, _), g in zip(items, grads) if grp["group_type"] == "scalar"]
@@ -519,7 +536,7 @@ class FusionOpt(torch.optim.Optimizer):
                     g, state["mona_accel"], state["mona_prev"], state["mona_seen"], gate,
                     alpha=self.mona_alpha, beta=self.mona_beta,
                 )
-            if use_kl and "kl_seed_k" not in state:
+            if use_kl and state.get("kl_seed_k", -1) < 0:  # -1: prepopulated, not seeded
                 # First step seeds only (authors' code): momentum, NorMuon and p stay untouched.
                 cfg = self._kl_config(p)
                 init = kl_shampoo_init_state(kshape, cfg, device=p.device)
@@ -646,6 +663,8 @@ class FusionOpt(torch.optim.Optimizer):
         return {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in vals.items()}
 
     def state_dict(self) -> dict[str, Any]:
+        if self._dist is not None:  # distributed seam (4/5): owners' KL factors into the state
+            self._dist.sync_state(self)
         sd = super().state_dict()
         sd["fusion"] = {
             "train_mode": self._train_mode,
@@ -653,11 +672,15 @@ class FusionOpt(torch.optim.Optimizer):
             "nonfinite_steps": self._nonfinite_steps.clone(),
             "components": sorted(self.components),
         }
+        if self._dist is not None:
+            self._dist.pack_extra(sd, sd["fusion"])
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         extra = state_dict.pop("fusion", None)
+        if extra is None and state_dict.get("param_groups"):  # distributed seam (5/5): DCP keeps
+            extra = state_dict["param_groups"][0].get("fusion_extra")  # only groups and state
         if extra is None:
             raise ValueError("state_dict has no 'fusion' entry: it was not saved by FusionOpt")
         if sorted(self.components) != extra["components"]:
@@ -680,3 +703,7 @@ class FusionOpt(torch.optim.Optimizer):
         self._train_mode = bool(extra["train_mode"])
         self._polyak.load_state_dict(extra["polyak"])
         self._nonfinite_steps = extra["nonfinite_steps"].to(self._nonfinite_steps.device).clone()
+        for group in self.param_groups:
+            group.pop("fusion_extra", None)
+        if self._dist is not None:
+            self._dist.after_load(self)

@@ -50,8 +50,10 @@ from fusion_infer.checkpoint import (
 )
 from fusion_infer.files import atomic_write
 
+from ..optim.distributed import full_tensor, is_dtensor
 from ..optim.optimizer import FusionOpt
 from ..optim.recipes import RECIPES
+from .parallel import model_class
 from .state_codec import decode_tree, encode_tree
 
 __all__ = [
@@ -79,7 +81,8 @@ def averaged_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer | Non
     """``model.state_dict()`` with every optimised parameter replaced by its averaged iterate x.
 
     Tensors are detached, contiguous CPU copies (safetensors needs contiguous storage; tied weights
-    are copied per name so the file has no shared storage).
+    are copied per name so the file has no shared storage). FSDP2-sharded (DTensor) entries are
+    gathered to full tensors, a collective: call it on every rank.
     """
     sd = model.state_dict(keep_vars=True)
     params_in_opt: set[int] = set()
@@ -92,6 +95,7 @@ def averaged_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer | Non
             value = optimizer.averaged(t)  # type: ignore[union-attr]
         else:
             value = t.detach()
+        value = full_tensor(value)  # FSDP2: all-gather the shards (every rank takes part)
         out[name] = value.to("cpu").contiguous().clone()
     return out
 
@@ -145,13 +149,15 @@ def export_checkpoint(
         extra: any JSON-serialisable keyword arguments, stored under ``metadata["extra"]``.
 
     Returns the path. Raises ``ValueError`` on metadata the schema rejects, before touching the file.
+    Under FSDP2 (DTensor parameters) call it on every rank: the full averaged weights are gathered
+    and rank 0 alone writes the file.
 
     Example:
         >>> export_checkpoint(head, opt, "runs/best.safetensors", loss="l1", val_mae_db=2.9)  # doctest: +SKIP
     """
     from safetensors.torch import save_file
 
-    class_name = type(model).__name__
+    class_name = model_class(model).__name__  # not fully_shard's generated FSDP<Class>
     if class_name not in MODEL_CLASSES:
         raise ValueError(f"model class {class_name!r} is not registered; registered: {sorted(MODEL_CLASSES)}")
     config = getattr(model, "config", None)
@@ -170,6 +176,8 @@ def export_checkpoint(
     )
     header = {METADATA_KEY: json.dumps(meta, sort_keys=True)}
     tensors = averaged_state_dict(model, optimizer)
+    if any(is_dtensor(t) for t in model.parameters()) and torch.distributed.get_rank() != 0:
+        return Path(path)  # FSDP2: rank 0 writes; the others only took part in the gather
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 

@@ -57,6 +57,14 @@ from ..optim.routing import build_param_groups
 from .diversity import DiversityConfig, DiversityLoss, derivative_correlation
 from .export import export_checkpoint, load_training_state, save_training_state
 from .losses import task_loss, validate_loss_name
+from .parallel import (
+    PARALLEL_MODES,
+    is_writer,
+    rank_slice,
+    resolve_parallel,
+    world_info,
+    wrap_model,
+)
 from .telemetry import TelemetryWriter, optimizer_telemetry
 
 __all__ = [
@@ -473,6 +481,9 @@ class HeadTrainConfig:
         device, dtype: where and in which precision the head trains.
         diversity: a :class:`~fusion_train.training.diversity.DiversityConfig` for diversity training.
         max_seconds: stop after this much wall-clock time (equal-time comparisons).
+        parallel: multi-process training under torchrun (see parallel.py): ``"auto"`` (DDP when
+            a process group with more than one rank is active), ``"none"``, ``"ddp"``, ``"fsdp"``
+            (FSDP2 ``fully_shard``). ``batch_size`` is the global batch; rank 0 writes.
     """
 
     recipe: str = "sf-normuon"
@@ -503,9 +514,12 @@ class HeadTrainConfig:
     dtype: str = "float32"
     diversity: DiversityConfig | None = None
     max_seconds: float | None = None
+    parallel: str = "auto"
 
     def __post_init__(self) -> None:
         validate_loop_config(self, nonneg_ints=("val_every", "state_every", "warmup_steps", "seed"))
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {self.parallel!r}")
         if self.state_every and self.out_dir is None:
             raise ValueError("state_every needs out_dir (where training_state.safetensors is written)")
         if self.diversity is not None and not isinstance(self.diversity, DiversityConfig):
@@ -608,10 +622,20 @@ def train_head(config: HeadTrainConfig, data: Any = None) -> TrainResult:
     else:
         model = ControlHead(_resolve_head_config(config, x_train.shape[1], y_train.shape[1]))
     model.to(device=device, dtype=dtype)
+    # --- multi-process (torchrun): each rank computes its slice of every global batch (parallel.py)
+    mode = resolve_parallel(config.parallel)
+    rank, world = world_info()
+    local = rank_slice(config.batch_size, rank, world)
+    if world > 1 and (config.state_every or config.resume_from):
+        raise ValueError("state_every/resume_from write a single-process training state; with several "
+                         "processes checkpoint with torch.distributed.checkpoint (docs/distributed.md)")
+    forward, parallel_options = wrap_model(model, mode)
     optimizer = make_optimizer(
         config.recipe, model, config.lr, weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_steps, **config.optimizer_options,
+        warmup_steps=config.warmup_steps,
+        **{**config.optimizer_options, **(parallel_options if config.recipe != "adamw" else {})},
     )
+    writer = is_writer()
     sampler = EpochSampler(x_train.shape[0], config.batch_size, config.seed)
     noise_gen = torch.Generator().manual_seed(config.seed + 7919)  # distinct stream from data order
     x_train_d, y_train_d = x_train.to(device=device, dtype=dtype), y_train.to(device=device, dtype=dtype)
@@ -624,7 +648,8 @@ def train_head(config: HeadTrainConfig, data: Any = None) -> TrainResult:
         x0, y = x_train_d[idx_d], y_train_d[idx_d]
         t_d = t.to(device=device, dtype=dtype)
         x_t = schedule.add_noise(x0, eps.to(device=device, dtype=dtype), t_d)
-        pred = model(x_t, t_d)
+        x_t, t_d, y = x_t[local], t_d[local], y[local]  # this rank's share (all of it in one process)
+        pred = forward(x_t, t_d)
         if diversity is None:
             loss = task_loss(config.loss, pred, y, config.huber_delta)
             return loss, {}
@@ -659,7 +684,7 @@ def train_head(config: HeadTrainConfig, data: Any = None) -> TrainResult:
 
     def on_improve(step: int, metrics: dict[str, float]) -> None:
         kept["metrics"] = metrics
-        if best_path is not None:
+        if best_path is not None and (writer or mode == "fsdp"):  # FSDP2: a collective, rank 0 writes
             export_checkpoint(model, optimizer, best_path, step=step, **meta,
                               train_config=config.to_dict(), metrics=metrics)
 
@@ -672,8 +697,8 @@ def train_head(config: HeadTrainConfig, data: Any = None) -> TrainResult:
                        "best_metrics": kept["metrics"]},
             )
 
-    telemetry = TelemetryWriter(out / "telemetry.jsonl" if out is not None else None,
-                                tensorboard=config.tensorboard if out is not None else False)
+    telemetry = TelemetryWriter(out / "telemetry.jsonl" if out is not None and writer else None,
+                                tensorboard=config.tensorboard if out is not None and writer else False)
     try:
         res = fit(
             model, optimizer, loss_fn, steps=config.steps, start_step=start_step, validate=validate,
@@ -685,7 +710,7 @@ def train_head(config: HeadTrainConfig, data: Any = None) -> TrainResult:
     finally:
         telemetry.close()
     last_path = None
-    if out is not None:
+    if out is not None and (writer or mode == "fsdp"):
         last_path = export_checkpoint(model, optimizer, out / "last.safetensors", **meta,
                                       train_config=config.to_dict())
     if isinstance(optimizer, FusionOpt) and optimizer.sf:
