@@ -60,6 +60,9 @@ class Family:
         check: returns a refusal reason for configurations the family does not cover, else None.
         adjust_values: optional in-place edit of the picked conditioning values for inputs the
             model ignores in some configurations (so they never split the key).
+        verified_versions: diffusers versions the family was proven bit-exact on; on any other
+            version the first ``apply_modulator_cache`` runs a self-check on a tiny instance
+            (:func:`fusion_diffusers.selfcheck.ensure_verified`).
     """
 
     name: str
@@ -72,6 +75,7 @@ class Family:
     compute: ComputeFn
     check: Callable[[nn.Module], str | None]
     adjust_values: Callable[[nn.Module, dict[str, Any]], None] | None = None
+    verified_versions: tuple[str, ...] = ("0.42.1",)
 
     def call_conditioning(self, model: nn.Module, args: tuple, kwargs: dict) -> CallConditioning:
         """Bind a forward call's arguments and pick out what the modulators depend on."""

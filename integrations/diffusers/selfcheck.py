@@ -1,0 +1,163 @@
+"""Family checks against the provenance trace, and the diffusers-version self-check at apply.
+
+:func:`family_problems` compares a family with what a traced forward of its class actually does
+(:mod:`fusion_diffusers.provenance`):
+
+* every listed site that runs must be a pure function of the timestep and of the family's
+  ``conditioning`` arguments — a site depending on a token stream, or on an argument the cache
+  key does not contain, would be replayed wrongly;
+* every modulator site the trace finds must be listed (or lie inside a listed site) — a missing
+  one is computed on every step and keeps its weights on the device under offload.
+
+:func:`ensure_verified` runs at the first :func:`~fusion_diffusers.apply_modulator_cache` of a
+class when the installed diffusers is not one the family was verified on
+(``Family.verified_versions``): on a tiny instance of the same class (a reduced copy of the
+model's own config, :mod:`fusion_diffusers.tiny`) it runs :func:`family_problems` and compares
+the cached forward (a miss, then a hit, two timesteps, two rows with different conditioning) with
+the uncached one bit for bit. A failure refuses the model with the reason; the result is kept per
+class and version for the life of the process.
+
+Example:
+    >>> from diffusers import DiTTransformer2DModel
+    >>> from fusion_diffusers.tiny import tiny_case
+    >>> from fusion_diffusers.families import resolve_family
+    >>> model, inputs = tiny_case(DiTTransformer2DModel)
+    >>> family_problems(model, resolve_family(model), trace_forward(model, inputs))
+    []
+    >>> self_check(DiTTransformer2DModel, model.config) is None
+    True
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+from torch import nn
+
+import diffusers
+
+from .families import Family, UnsupportedModelError, resolve_family, site_paths, unwrap_compiled
+from .provenance import Trace, trace_forward
+from .tiny import TinyInstanceError, tiny_case
+
+__all__ = ["ensure_verified", "family_problems", "installed_version", "self_check"]
+
+#: Forward arguments the cache key reads as the timestep (``CallConditioning.timestep``).
+PRIMARY_TIMESTEP = frozenset({"timestep", "timesteps", "t"})
+
+_RESULTS: dict[tuple[type, str], str | None] = {}
+_LOCAL = threading.local()
+
+
+def installed_version() -> str:
+    """The installed diffusers version string."""
+    return diffusers.__version__
+
+
+def family_problems(model: nn.Module, family: Family, trace: Trace) -> list[str]:
+    """What is wrong with ``family`` for ``model`` according to ``trace`` (empty: nothing)."""
+    problems = []
+    sites = site_paths(model, family)
+    allowed = PRIMARY_TIMESTEP | set(family.conditioning)
+    for path in sites:
+        rec = trace.modules.get(path)
+        if rec is None:
+            continue  # not run in this configuration: never replayed
+        if rec.impure_calls:
+            problems.append(f"site {path} depends on token arguments {sorted(rec.labels & trace.token_args)}")
+            continue
+        extra = rec.labels - allowed
+        if extra:
+            problems.append(
+                f"site {path} depends on {sorted(extra)}, which the family's key "
+                f"(timestep + {list(family.conditioning)}) does not contain"
+            )
+    for path in sorted(trace.sites):
+        if not any(path == s or path.startswith(s + ".") for s in sites):
+            problems.append(f"modulator site {path} (fed by {sorted(trace.modules[path].labels)}) is not listed")
+    return problems
+
+
+def _outputs(model: nn.Module, inputs: dict) -> Any:
+    with torch.no_grad():
+        out = model(**inputs, return_dict=False)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _scaled_timestep(inputs: dict, factor: float) -> dict:
+    out = dict(inputs)
+    for name in PRIMARY_TIMESTEP & set(inputs):
+        t = inputs[name]
+        out[name] = (t * factor).to(t.dtype) if t.is_floating_point() else (t // 2)
+    return out
+
+
+def self_check(cls: type, config: Any = None) -> str | None:
+    """Prove ``cls``'s family on a tiny instance built from ``config``; None or the failure reason."""
+    from .hooks import apply_modulator_cache, remove_modulator_cache  # hooks calls ensure_verified
+
+    try:
+        model, inputs = tiny_case(cls, config)
+    except TinyInstanceError as exc:
+        return f"no tiny instance to check on ({exc})"
+    try:
+        family = resolve_family(model)
+    except UnsupportedModelError as exc:
+        return str(exc)
+    try:
+        problems = family_problems(model, family, trace_forward(model, inputs))
+    except Exception as exc:  # noqa: BLE001 - a forward that fails under the trace is a failed check
+        return f"traced forward failed: {type(exc).__name__}: {exc}"
+    if problems:
+        return "; ".join(problems)
+    calls = [inputs, _scaled_timestep(inputs, 0.5)]
+    try:
+        reference = [_outputs(model, x) for x in calls]
+        _LOCAL.active = True
+        try:
+            cache = apply_modulator_cache(model)
+        finally:
+            _LOCAL.active = False
+        try:
+            cached = [_outputs(model, x) for x in calls for _ in range(2)]  # miss, hit
+            stats = cache.stats
+            if stats.hits < len(calls):
+                return f"the cache did not replay ({stats.hits} hits of {len(calls)})"
+        finally:
+            remove_modulator_cache(model)
+    except Exception as exc:  # noqa: BLE001
+        return f"cached forward failed: {type(exc).__name__}: {exc}"
+    for i, ref in enumerate(reference):
+        for out in cached[2 * i: 2 * i + 2]:
+            if not torch.equal(out, ref):
+                return f"cached output differs from the uncached output (call {i})"
+    return None
+
+
+def ensure_verified(transformer: nn.Module) -> None:
+    """Refuse ``transformer`` on a diffusers version its family was not verified on, unless the
+    self-check passes (run once per class and version per process).
+
+    Raises:
+        UnsupportedModelError: naming the class, the versions and the failure.
+    """
+    if getattr(_LOCAL, "active", False):
+        return
+    model = unwrap_compiled(transformer)
+    family = resolve_family(model)
+    version = installed_version()
+    if version in family.verified_versions:
+        return
+    key = (type(model), version)
+    if key not in _RESULTS:
+        _RESULTS[key] = self_check(type(model), model.config)
+    reason = _RESULTS[key]
+    if reason is not None:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} (family {family.name!r}) was verified on diffusers "
+            f"{', '.join(family.verified_versions)}; on the installed diffusers {version} its bit-exactness "
+            f"self-check failed: {reason}. Refusing rather than caching a layout this version may "
+            "compute differently; install a verified diffusers version"
+        )
