@@ -22,7 +22,8 @@ Example:
     >>> from fusion_diffusers.tiny import tiny_case
     >>> from fusion_diffusers.families import resolve_family
     >>> model, inputs = tiny_case(DiTTransformer2DModel)
-    >>> family_problems(model, resolve_family(model), trace_forward(model, inputs))
+    >>> fam = resolve_family(model)
+    >>> family_problems(model, fam, trace_for_family(model, fam, inputs))
     []
     >>> self_check(DiTTransformer2DModel, model.config) is None
     True
@@ -39,10 +40,10 @@ from torch import nn
 import diffusers
 
 from .families import Family, UnsupportedModelError, resolve_family, site_paths, unwrap_compiled
-from .provenance import Trace, trace_forward
+from .provenance import Trace, token_arguments, trace_forward
 from .tiny import TinyInstanceError, tiny_case
 
-__all__ = ["ensure_verified", "family_problems", "installed_version", "self_check"]
+__all__ = ["ensure_verified", "family_problems", "installed_version", "self_check", "trace_for_family"]
 
 #: Forward arguments the cache key reads as the timestep (``CallConditioning.timestep``).
 PRIMARY_TIMESTEP = frozenset({"timestep", "timesteps", "t"})
@@ -56,10 +57,22 @@ def installed_version() -> str:
     return diffusers.__version__
 
 
-def family_problems(model: nn.Module, family: Family, trace: Trace) -> list[str]:
-    """What is wrong with ``family`` for ``model`` according to ``trace`` (empty: nothing)."""
+def trace_for_family(model: nn.Module, family: Family, inputs: dict) -> Trace:
+    """:func:`trace_forward` with the family's conditioning arguments never counted as tokens.
+
+    A family may key its entries on a whole token stream (a text embedding that is constant over
+    a render); such an argument is conditioning for that family, not a token stream.
+    """
+    return trace_forward(model, inputs, token_args=token_arguments(inputs) - set(family.conditioning))
+
+
+def family_problems(model: nn.Module, family: Family, trace: Trace, sites: list[str] | None = None) -> list[str]:
+    """What is wrong with ``family`` for ``model`` according to ``trace`` (empty: nothing).
+
+    ``sites`` replaces the family's site list (default: :func:`site_paths`).
+    """
     problems = []
-    sites = site_paths(model, family)
+    sites = site_paths(model, family) if sites is None else list(sites)
     allowed = PRIMARY_TIMESTEP | set(family.conditioning)
     for path in sites:
         rec = trace.modules.get(path)
@@ -107,7 +120,7 @@ def self_check(cls: type, config: Any = None) -> str | None:
     except UnsupportedModelError as exc:
         return str(exc)
     try:
-        problems = family_problems(model, family, trace_forward(model, inputs))
+        problems = family_problems(model, family, trace_for_family(model, family, inputs))
     except Exception as exc:  # noqa: BLE001 - a forward that fails under the trace is a failed check
         return f"traced forward failed: {type(exc).__name__}: {exc}"
     if problems:
