@@ -21,9 +21,9 @@ Example:
     >>> from diffusers import FluxTransformer2DModel
     >>> model, inputs = tiny_case(FluxTransformer2DModel)
     >>> model.config.num_layers, model.config.attention_head_dim, model.config.axes_dims_rope
-    (2, 16, (2, 6, 8))
+    (2, 16, (2, 8, 6))
     >>> sorted(inputs)[:4]
-    ['encoder_hidden_states', 'guidance', 'hidden_states', 'img_ids']
+    ['encoder_hidden_states', 'hidden_states', 'img_ids', 'pooled_projections']
 """
 
 from __future__ import annotations
