@@ -8,7 +8,12 @@ import logging
 import pytest
 import torch
 from diffusers_tiny_models import CASE_BY_NAME, build, forward
-from fusion_diffusers import ModulatorCacheConfig, apply_modulator_cache, enable_modulator_cache, precompute
+from fusion_diffusers import (
+    ModulatorCacheConfig,
+    apply_modulator_cache,
+    enable_modulator_cache,
+    precompute,
+)
 from test_diffusers_pipelines import PIPES, STEPS, _gen
 
 OFFLOAD = ModulatorCacheConfig(offload_weights=True)
