@@ -39,6 +39,7 @@ from torch import nn
 
 __all__ = [
     "SPECS",
+    "depth_config",
     "TinyInstanceError",
     "TinySpec",
     "randomize",
@@ -167,6 +168,31 @@ def reduced_config(cls: type, config: dict | None = None) -> dict:
     return cfg
 
 
+def depth_config(cls: type, config: dict | None = None, *, layers: int = 2, grid: int = 16) -> dict:
+    """``config`` (default: the class defaults) at full width with every layer count cut to
+    ``layers`` and ``sample_size`` set to ``grid`` patches per side (benchmarks at reduced depth).
+
+    Example:
+        >>> from diffusers import SD3Transformer2DModel
+        >>> c = depth_config(SD3Transformer2DModel)
+        >>> c["num_layers"], c["attention_head_dim"], c["num_attention_heads"], c["sample_size"]
+        (2, 64, 18, 32)
+    """
+    cfg = _class_defaults(cls)
+    if config is not None:
+        cfg.update({k: v for k, v in dict(config).items() if not k.startswith("_") and k in cfg})
+    for k, v in list(cfg.items()):
+        if isinstance(v, int) and not isinstance(v, bool) and _LAYERS.search(k) and "every" not in k and v > layers:
+            cfg[k] = layers
+        elif isinstance(v, (tuple, list)) and v and _LAYER_LISTS.search(k) and all(isinstance(i, int) for i in v):
+            cfg[k] = type(v)([i for i in v if i < layers] or [0])
+    if isinstance(cfg.get("sample_size"), int):
+        p = cfg.get("patch_size")
+        p = p[-1] if isinstance(p, (tuple, list)) else (p or 1)
+        cfg["sample_size"] = min(cfg["sample_size"], grid * int(p))
+    return cfg
+
+
 def randomize(model: nn.Module, seed: int = 0, std: float = 0.2) -> nn.Module:
     """Re-draw every floating parameter from N(0, std²) (deterministic for ``seed``)."""
     g = torch.Generator().manual_seed(seed)
@@ -248,8 +274,10 @@ _TEXT_KEYS = ("joint_attention_dim", "text_dim", "caption_channels", "text_embed
               "cap_feat_dim", "context_in_dim", "text_hidden_dim", "text_in_dim", "in_text_dim")
 
 
-def synth_inputs(model: nn.Module, batch: int = 2, dtype: torch.dtype = torch.float32, seed: int = 0) -> dict:
-    """Forward inputs built from the forward signature and the config (common names only).
+def synth_inputs(model: nn.Module, batch: int = 2, dtype: torch.dtype = torch.float32, seed: int = 0,
+                 grid: int = 4) -> dict:
+    """Forward inputs built from the forward signature and the config (common names only);
+    image latents of ``grid`` x ``grid`` patches (video: 2 frames of that).
 
     Raises:
         TinyInstanceError: a required argument has a name this builder does not know.
@@ -270,11 +298,11 @@ def synth_inputs(model: nn.Module, batch: int = 2, dtype: torch.dtype = torch.fl
         required = param.default is inspect.Parameter.empty
         if name == "hidden_states":
             if packed:
-                out[name] = torch.randn(batch, 16, c_in, generator=g)
+                out[name] = torch.randn(batch, grid * grid, c_in, generator=g)
             elif video:
-                out[name] = torch.randn(batch, c_in, 2 * pt, 4 * p, 4 * p, generator=g)
+                out[name] = torch.randn(batch, c_in, 2 * pt, grid * p, grid * p, generator=g)
             else:
-                out[name] = torch.randn(batch, c_in, 4 * p, 4 * p, generator=g)
+                out[name] = torch.randn(batch, c_in, grid * p, grid * p, generator=g)
         elif name == "encoder_hidden_states" and text_dim:
             out[name] = torch.randn(batch, n_txt, int(text_dim), generator=g)
         elif name in ("timestep", "timesteps", "t"):
@@ -286,7 +314,7 @@ def synth_inputs(model: nn.Module, batch: int = 2, dtype: torch.dtype = torch.fl
         elif name == "class_labels" and required:
             out[name] = torch.tensor([1, 2, 3, 4][:batch])
         elif name in ("img_ids", "txt_ids") and axes:
-            n = 16 if name == "img_ids" else n_txt
+            n = grid * grid if name == "img_ids" else n_txt
             out[name] = torch.randint(0, 4, (n, len(axes)), generator=g).float()
         elif name in ("encoder_attention_mask", "encoder_hidden_states_mask") and required:
             out[name] = torch.ones(batch, n_txt, dtype=torch.bool)
@@ -317,7 +345,8 @@ def _pixart_inputs(model, batch, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     c, s = model.config.in_channels, model.config.sample_size
     return {"hidden_states": torch.randn(batch, c, s, s, generator=g).to(dtype),
-            "encoder_hidden_states": torch.randn(batch, 5, model.config.caption_channels, generator=g).to(dtype),
+            "encoder_hidden_states": torch.randn(
+                batch, 5, model.config.caption_channels or model.config.cross_attention_dim, generator=g).to(dtype),
             "timestep": torch.tensor([999, 500, 250, 20][:batch]),
             "added_cond_kwargs": {
                 "resolution": torch.tensor([[64.0, 64.0], [64.0, 96.0]] * 2)[:batch].to(dtype),
@@ -352,6 +381,26 @@ def _sana_inputs(model, batch, dtype, seed):
     return out
 
 
+def _qwen_image_inputs(model, batch, dtype, seed):
+    # Packed 2x2 patches: (B, frames*h*w, in_channels) with the per-sample grid in `img_shapes`.
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(1, 4, 4)]
+    return {"hidden_states": torch.randn(batch, 16, model.config.in_channels, generator=g).to(dtype),
+            "encoder_hidden_states": torch.randn(batch, 5, model.config.joint_attention_dim, generator=g).to(dtype),
+            "encoder_hidden_states_mask": torch.ones(batch, 5, dtype=torch.long),
+            "timestep": _timesteps(batch, dtype, 1.0),
+            "img_shapes": [shapes] * batch}
+
+
+def _z_image_inputs(model, batch, dtype, seed):
+    # Lists of per-sample latents (C, F, H, W) and caption features (S_i, cap_feat_dim).
+    g = torch.Generator().manual_seed(seed)
+    p = model.config.all_patch_size[0]
+    return {"x": [torch.randn(model.config.in_channels, 1, 4 * p, 4 * p, generator=g).to(dtype) for _ in range(batch)],
+            "t": _timesteps(batch, dtype, 1.0),
+            "cap_feats": [torch.randn(5 + i, model.config.cap_feat_dim, generator=g).to(dtype) for i in range(batch)]}
+
+
 #: class name → :class:`TinySpec`. Add an entry when a class needs more than the generic rules.
 SPECS: dict[str, TinySpec] = {
     "DiTTransformer2DModel": TinySpec({"sample_size": 8, "out_channels": None}, _dit_inputs),
@@ -365,4 +414,7 @@ SPECS: dict[str, TinySpec] = {
     # Sana: the cross-attention width must equal heads x head dim of the cross attention.
     "SanaTransformer2DModel": TinySpec({"cross_attention_head_dim": 16, "cross_attention_dim": 32,
                                         "caption_channels": 12, "sample_size": 8}, _sana_inputs),
+    "QwenImageTransformer2DModel": TinySpec({"in_channels": 8, "out_channels": 4}, _qwen_image_inputs),
+    # Z-Image: 2 refiner layers of each kind, axis lengths cut to the tiny grid.
+    "ZImageTransformer2DModel": TinySpec({"axes_lens": [64, 32, 32]}, _z_image_inputs),
 }
