@@ -36,10 +36,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
-
-import os
 
 import torch
 from _report import OUT_DIR, environment, md_table, write_report
