@@ -122,10 +122,10 @@ def test_reduced_config_keeps_switches_and_shrinks_sizes():
                                                    "attention_head_dim": 128, "axes_dims_rope": (16, 56, 56)})
     assert big["guidance_embeds"] is True and big["num_layers"] == 2 and big["num_single_layers"] == 2
     assert big["attention_head_dim"] == 16 and sum(big["axes_dims_rope"]) == 16
-    with pytest.raises(TinyInstanceError, match="required forward argument"):
-        from diffusers import ZImageTransformer2DModel
+    with pytest.raises(TinyInstanceError, match="required forward argument 'timestep_r'"):
+        from diffusers import AceStepTransformer1DModel
 
-        tiny_case(ZImageTransformer2DModel)
+        tiny_case(AceStepTransformer1DModel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,3 +210,32 @@ def test_without_diffusers_the_import_says_how_to_install(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=None, timeout=120)
     assert "MSG:" in out.stdout and "pip install fusion-dit[diffusers]" in out.stdout, out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m fusion_diffusers.discover
+
+
+def test_discover_prints_sites_per_block_class_and_a_skeleton(capsys):
+    from fusion_diffusers.discover import main
+
+    assert main(["SD3Transformer2DModel"]) == 0
+    out = capsys.readouterr().out
+    assert "registered family: sd3" in out
+    assert "transformer_blocks[*] (JointTransformerBlock): ['norm1.linear', 'norm1_context.linear']" in out
+    assert "sites feed on: ['timestep', 'pooled_projections']" in out
+    skeleton = out.split("----\n", 1)[1]
+    compile(skeleton, "<skeleton>", "exec")  # a module a developer can start from
+    assert "model_sites=('norm_out.linear',)" in skeleton
+
+
+def test_discover_reports_modulators_fed_by_tokens_and_bad_names(capsys):
+    import json
+
+    from fusion_diffusers.discover import main
+
+    assert main(["MochiTransformer3DModel", "--json"]) == 0
+    proposal = json.loads(capsys.readouterr().out)
+    assert proposal["supported"] is None and "transformer_blocks.0.norm1.linear" in proposal["token_fed"]
+    assert main(["NoSuchTransformer"]) == 2
+    assert "class_name" in capsys.readouterr().err
