@@ -442,7 +442,7 @@ def apply_modulator_cache(transformer: nn.Module, config: ModulatorCacheConfig |
         )
     if config.offload_weights:
         refuse_offload_hooks(model)
-    ensure_verified(model)  # diffusers versions the family was not verified on: tiny self-check
+    ensure_verified(model, apply_modulator_cache, remove_modulator_cache)  # unverified diffusers: self-check
     table = SlotTable.acquire(model, _USER)  # raises UnsupportedModelError for unknown models
     hook = ModulatorCache(table, config)
     registry.register_hook(hook, CACHE_HOOK_NAME)

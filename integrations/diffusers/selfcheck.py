@@ -25,13 +25,16 @@ Example:
     >>> fam = resolve_family(model)
     >>> family_problems(model, fam, trace_for_family(model, fam, inputs))
     []
-    >>> self_check(DiTTransformer2DModel, model.config) is None
+    >>> from fusion_diffusers import apply_modulator_cache, remove_modulator_cache
+    >>> self_check(DiTTransformer2DModel, model.config, apply=apply_modulator_cache,
+    ...            remove=remove_modulator_cache) is None
     True
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -107,10 +110,12 @@ def _scaled_timestep(inputs: dict, factor: float) -> dict:
     return out
 
 
-def self_check(cls: type, config: Any = None) -> str | None:
-    """Prove ``cls``'s family on a tiny instance built from ``config``; None or the failure reason."""
-    from .hooks import apply_modulator_cache, remove_modulator_cache  # hooks calls ensure_verified
+def self_check(cls: type, config: Any = None, *, apply: Callable, remove: Callable) -> str | None:
+    """Prove ``cls``'s family on a tiny instance built from ``config``; None or the failure reason.
 
+    ``apply``/``remove`` are :func:`~fusion_diffusers.apply_modulator_cache` and
+    :func:`~fusion_diffusers.remove_modulator_cache` (passed in: the hooks module calls this one).
+    """
     try:
         model, inputs = tiny_case(cls, config)
     except TinyInstanceError as exc:
@@ -130,7 +135,7 @@ def self_check(cls: type, config: Any = None) -> str | None:
         reference = [_outputs(model, x) for x in calls]
         _LOCAL.active = True
         try:
-            cache = apply_modulator_cache(model)
+            cache = apply(model)
         finally:
             _LOCAL.active = False
         try:
@@ -139,7 +144,7 @@ def self_check(cls: type, config: Any = None) -> str | None:
             if stats.hits < len(calls):
                 return f"the cache did not replay ({stats.hits} hits of {len(calls)})"
         finally:
-            remove_modulator_cache(model)
+            remove(model)
     except Exception as exc:  # noqa: BLE001
         return f"cached forward failed: {type(exc).__name__}: {exc}"
     for i, ref in enumerate(reference):
@@ -149,9 +154,10 @@ def self_check(cls: type, config: Any = None) -> str | None:
     return None
 
 
-def ensure_verified(transformer: nn.Module) -> None:
+def ensure_verified(transformer: nn.Module, apply: Callable, remove: Callable) -> None:
     """Refuse ``transformer`` on a diffusers version its family was not verified on, unless the
-    self-check passes (run once per class and version per process).
+    self-check passes (run once per class and version per process). ``apply``/``remove`` as for
+    :func:`self_check`.
 
     Raises:
         UnsupportedModelError: naming the class, the versions and the failure.
@@ -165,7 +171,7 @@ def ensure_verified(transformer: nn.Module) -> None:
         return
     key = (type(model), version)
     if key not in _RESULTS:
-        _RESULTS[key] = self_check(type(model), model.config)
+        _RESULTS[key] = self_check(type(model), model.config, apply=apply, remove=remove)
     reason = _RESULTS[key]
     if reason is not None:
         raise UnsupportedModelError(

@@ -139,9 +139,9 @@ def other_version(monkeypatch):
     calls = []
     real = selfcheck.self_check
 
-    def counting(cls, config=None):
+    def counting(cls, config=None, **hooks):
         calls.append(cls)
-        return real(cls, config)
+        return real(cls, config, **hooks)
 
     monkeypatch.setattr(selfcheck, "self_check", counting)
     return calls
@@ -186,7 +186,7 @@ def test_self_check_catches_a_cache_that_replays_wrong_bits(monkeypatch):
         return fam.compute(model, _r(cond, timestep=torch.zeros_like(cond.timestep)))
 
     monkeypatch.setitem(FAMILIES, DiTTransformer2DModel, dataclasses.replace(fam, compute=stale))
-    reason = selfcheck.self_check(DiTTransformer2DModel)
+    reason = selfcheck.self_check(DiTTransformer2DModel, apply=apply_modulator_cache, remove=remove_modulator_cache)
     assert reason is not None and "differs" in reason
 
 
