@@ -3,9 +3,10 @@
 :func:`family_problems` compares a family with what a traced forward of its class actually does
 (:mod:`fusion_diffusers.provenance`):
 
-* every listed site that runs must be a pure function of the timestep and of the family's
-  ``conditioning`` arguments — a site depending on a token stream, or on an argument the cache
-  key does not contain, would be replayed wrongly;
+* every listed site that runs must be a function of the timestep and of the family's
+  ``conditioning`` arguments only — a site depending on a token stream the key does not contain,
+  or on any other argument the key lacks, would be replayed wrongly (a family may key on a whole
+  token stream, such as a text embedding that is constant over a render);
 * every modulator site the trace finds must be listed (or lie inside a listed site) — a missing
   one is computed on every step and keeps its weights on the device under offload.
 
@@ -61,12 +62,10 @@ def installed_version() -> str:
 
 
 def trace_for_family(model: nn.Module, family: Family, inputs: dict) -> Trace:
-    """:func:`trace_forward` with the family's conditioning arguments never counted as tokens.
-
-    A family may key its entries on a whole token stream (a text embedding that is constant over
-    a render); such an argument is conditioning for that family, not a token stream.
-    """
-    return trace_forward(model, inputs, token_args=token_arguments(inputs) - set(family.conditioning))
+    """The trace :func:`family_problems` reads: :func:`trace_forward` with the default token
+    arguments (a family that keys on a whole token stream, e.g. a text embedding constant over a
+    render, still has that stream counted as tokens: its text-side activations are not sites)."""
+    return trace_forward(model, inputs, token_args=token_arguments(inputs))
 
 
 def family_problems(model: nn.Module, family: Family, trace: Trace, sites: list[str] | None = None) -> list[str]:
@@ -81,11 +80,11 @@ def family_problems(model: nn.Module, family: Family, trace: Trace, sites: list[
         rec = trace.modules.get(path)
         if rec is None:
             continue  # not run in this configuration: never replayed
-        if rec.impure_calls:
-            problems.append(f"site {path} depends on token arguments {sorted(rec.labels & trace.token_args)}")
-            continue
         extra = rec.labels - allowed
-        if extra:
+        tokens = extra & trace.token_args
+        if tokens:
+            problems.append(f"site {path} depends on token arguments {sorted(tokens)}")
+        elif extra:
             problems.append(
                 f"site {path} depends on {sorted(extra)}, which the family's key "
                 f"(timestep + {list(family.conditioning)}) does not contain"
