@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 import diffusers
 
@@ -148,9 +149,17 @@ def self_check(cls: type, config: Any = None, *, apply: Callable, remove: Callab
         return f"cached forward failed: {type(exc).__name__}: {exc}"
     for i, ref in enumerate(reference):
         for out in cached[2 * i: 2 * i + 2]:
-            if not torch.equal(out, ref):
+            if not _tree_equal(out, ref):
                 return f"cached output differs from the uncached output (call {i})"
     return None
+
+
+def _tree_equal(a: Any, b: Any) -> bool:
+    # Outputs may be a tensor or a list of per-sample tensors (Z-Image): compare every leaf bitwise.
+    la, lb = tree_leaves(a), tree_leaves(b)
+    return len(la) == len(lb) and all(
+        isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
+        and x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(la, lb))
 
 
 def ensure_verified(transformer: nn.Module, apply: Callable, remove: Callable) -> None:
