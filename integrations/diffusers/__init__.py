@@ -17,6 +17,13 @@ Quick start::
 See docs/diffusers_integration.md and docs/diffusers_support.md.
 """
 
+try:
+    import diffusers as _diffusers  # noqa: F401 - checked first for a clear message
+except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "fusion_diffusers needs diffusers>=0.42, which is not installed: pip install fusion-dit[diffusers]"
+    ) from _exc
+
 from .blocks import patch_blocks, unpatch_blocks
 from .config import ModulatorCacheConfig
 from .families import UnsupportedModelError, resolve_family

@@ -69,6 +69,7 @@ from .config import ModulatorCacheConfig
 from .families import CallConditioning, Family, unwrap_compiled
 from .modulators import compute_with_slots_empty
 from .offload import ResidentReport, WeightOffload, refuse_offload_hooks
+from .selfcheck import ensure_verified
 from .slots import SlotTable
 
 __all__ = [
@@ -441,6 +442,7 @@ def apply_modulator_cache(transformer: nn.Module, config: ModulatorCacheConfig |
         )
     if config.offload_weights:
         refuse_offload_hooks(model)
+    ensure_verified(model, apply_modulator_cache, remove_modulator_cache)  # unverified diffusers: self-check
     table = SlotTable.acquire(model, _USER)  # raises UnsupportedModelError for unknown models
     hook = ModulatorCache(table, config)
     registry.register_hook(hook, CACHE_HOOK_NAME)

@@ -65,6 +65,9 @@ class Family:
             as ``"<name>_dtype"`` and defaults to the hidden dtype when absent.
         model_sites_of: optional model → model-level site paths, for classes whose model-level
             sites depend on the configuration (replaces ``model_sites`` when set).
+        verified_versions: diffusers versions the family was proven bit-exact on; on any other
+            version the first ``apply_modulator_cache`` runs a self-check on a tiny instance
+            (:func:`fusion_diffusers.selfcheck.ensure_verified`).
     """
 
     name: str
@@ -79,6 +82,7 @@ class Family:
     adjust_values: Callable[[nn.Module, dict[str, Any]], None] | None = None
     dtype_args: tuple[str, ...] = ()
     model_sites_of: Callable[[nn.Module], tuple[str, ...]] | None = None
+    verified_versions: tuple[str, ...] = ("0.42.1",)
 
     def call_conditioning(self, model: nn.Module, args: tuple, kwargs: dict) -> CallConditioning:
         """Bind a forward call's arguments and pick out what the modulators depend on."""
