@@ -257,7 +257,7 @@ def validate_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], path
 
 
 class LoadedHead(NamedTuple):
-    """What :func:`load_head` returns: the model (eval mode) and its validated metadata."""
+    """What :func:`load_head` returns: the model (eval mode, frozen) and its validated metadata."""
 
     model: nn.Module
     metadata: dict[str, Any]
@@ -289,7 +289,10 @@ def load_head(
     Validates the metadata (format version, model class, schedule, loss, …) and the weights against
     the model built from ``model_config`` (missing/unexpected tensors, shapes), raising
     :class:`CheckpointError` (a ``ValueError``) that names the problem. The model is returned in
-    ``eval()`` mode.
+    ``eval()`` mode with ``requires_grad_(False)``: a loaded head is for inference and guidance
+    (gradients w.r.t. the *input* still flow), and frozen modulator weights are what lets
+    :class:`~fusion_infer.TimeConditioningCache` serve it. Code that fine-tunes a loaded head calls
+    ``model.train().requires_grad_(True)`` first.
 
     Example:
         >>> head, meta = load_head("best.safetensors")  # doctest: +SKIP
@@ -306,5 +309,5 @@ def load_head(
     validate_state_dict(model, tensors, path)
     model.load_state_dict(tensors, strict=True)
     model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
-    model.eval()
+    model.eval().requires_grad_(False)
     return LoadedHead(model, meta)
