@@ -15,7 +15,10 @@ header's string metadata under the key ``"fusion"``, a JSON object:
 ``weights``          ``"averaged"`` (Schedule-Free x) or ``"raw"`` (no Schedule-Free averaging)
 ``targets``          optional: ``{"names": [...], "mean": [...], "std": [...], "units": "dB"}``,
                      how to turn the head's standardised outputs back into target units
-``extra``            optional: any JSON object (training config, metrics, …)
+``extra``            optional: any JSON object (training config, metrics, …); heads written by
+                     ``fusion_train.train_head`` record ``data`` (how to rebuild the training data),
+                     ``validation`` (seeds, t-buckets, excerpt cap) and ``effective_lr`` (the
+                     learning rate actually used), which ``fusion-train eval`` reuses by default
 ===================  ==========================================================================
 
 The reader lives here (``fusion_infer`` must not import ``fusion_train``); the writer
