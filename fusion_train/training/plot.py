@@ -40,9 +40,11 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
 
 
 def _moving_median(values: list[float], window: int) -> list[float]:
+    """Centred moving median (a trailing one lags behind a falling loss and sits above it)."""
+    half = window // 2
     out = []
     for i in range(len(values)):
-        chunk = sorted(values[max(0, i - window + 1) : i + 1])
+        chunk = sorted(values[max(0, i - half) : i + half + 1])
         out.append(chunk[len(chunk) // 2])
     return out
 
@@ -62,10 +64,12 @@ def plot_telemetry(records: list[dict[str, Any]], out: str | os.PathLike, title:
         raise ValueError("telemetry has no 'train/loss' records to plot")
     fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True, constrained_layout=True)
     ax = axes[0]
-    ax.plot(loss_steps, loss, color="0.7", lw=0.8, label="per logged step")
-    if len(loss) >= 5:
-        ax.plot(loss_steps, _moving_median(loss, max(3, len(loss) // 20)), color="C0", lw=1.5,
+    if len(loss) >= 20:  # enough points for a trend line through the per-batch noise
+        ax.plot(loss_steps, loss, color="0.7", lw=0.8, label="per logged step")
+        ax.plot(loss_steps, _moving_median(loss, max(5, len(loss) // 20) | 1), color="C0", lw=1.5,
                 label="moving median")
+    else:
+        ax.plot(loss_steps, loss, "o-", color="C0", ms=3, lw=1.2, label="per logged step")
     if min(loss) > 0:
         ax.set_yscale("log")
     ax.set_ylabel("training loss")
@@ -89,13 +93,15 @@ def plot_telemetry(records: list[dict[str, Any]], out: str | os.PathLike, title:
     ax = axes[2]
     lr_steps, lr = _series(records, "fusion/lr")
     g_steps, gamma = _series(records, "fusion/gamma_curr")
-    if lr:
-        ax.plot(lr_steps, lr, color="C0", lw=1.2, label="scheduled lr")
     if gamma:
-        ax.plot(g_steps, gamma, color="C4", lw=1.2, label="γ (applied lr)")
+        ax.plot(g_steps, gamma, color="C4", lw=2.5, alpha=0.7, label="γ (applied lr)")
+    if lr:  # dashed and on top: without a Polyak step γ equals the scheduled lr
+        ax.plot(lr_steps, lr, "--", color="C0", lw=1.2, label="scheduled lr")
     if lr or gamma:
-        ax.legend(loc="upper right", fontsize=8)
-        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        ax.legend(loc="lower right", fontsize=8)
+        # From zero and without an offset: a constant lr is a flat line at its value, not "1e-10 + 4e-3".
+        ax.set_ylim(0, 1.15 * max(lr + gamma))
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2), useOffset=False)
     else:
         ax.text(0.5, 0.5, "no learning-rate records", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("learning rate")

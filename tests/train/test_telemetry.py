@@ -69,3 +69,17 @@ def test_tensorboard_events_written(tmp_path):
     with TelemetryWriter(tmp_path / "t.jsonl", tensorboard=True) as tw:
         tw.log(1, {"train/loss": 1.0})
     assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_plot_telemetry_skips_non_finite_values_and_needs_a_loss(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fusion_train.training.plot import _moving_median, plot_telemetry
+
+    records = [{"step": s, "train/loss": 1.0 / s, "fusion/lr": 1e-3, "fusion/gamma_curr": None,
+                "val/median_mae": (None if s == 2 else 5.0 - s)} for s in range(1, 30)]
+    png = plot_telemetry(records, tmp_path / "p.png")
+    assert png.read_bytes()[:4] == b"\x89PNG" and not list(tmp_path.glob(".*tmp*"))
+    with pytest.raises(ValueError, match="no 'train/loss' records"):
+        plot_telemetry([{"step": 1, "val/median_mae": 1.0}], tmp_path / "q.png")
+    # centred: on a falling series the trend does not lag above the data
+    assert _moving_median([5.0, 4.0, 3.0, 2.0, 1.0], 3) == [4.0, 4.0, 3.0, 2.0, 2.0]
