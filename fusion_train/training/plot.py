@@ -45,7 +45,7 @@ def _moving_median(values: list[float], window: int) -> list[float]:
     out = []
     for i in range(len(values)):
         chunk = sorted(values[max(0, i - half) : i + half + 1])
-        out.append(chunk[len(chunk) // 2])
+        out.append(chunk[(len(chunk) - 1) // 2])  # the lower median at the (shorter) edges
     return out
 
 
