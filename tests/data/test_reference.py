@@ -239,3 +239,18 @@ def test_slice_of_sixteen_pieces_and_parallel_build_is_identical(tmp_path):
         "bach", "monteverdi", "palestrina", "ryansMammoth"
     }
     assert set(serial.pieces_in("train")).isdisjoint(serial.pieces_in("val"))
+
+
+def test_description_round_trip_rebuilds_the_same_data_from_the_cache(built, render_counter):
+    """What checkpoints record (describe_data) rebuilds the very same data set: a cache hit."""
+    import json
+
+    from fusion_train.data import data_from_description, describe_data
+
+    root, data = built
+    desc = json.loads(json.dumps(describe_data(data)))  # as stored in a checkpoint's JSON header
+    again = data_from_description(desc, cache_dir=root, progress=False)
+    assert again.cache_status == "hit" and render_counter == []
+    assert torch.equal(again.latents, data.latents) and again.piece_ids == data.piece_ids
+    with pytest.raises(ValueError, match="cannot rebuild data from the description"):
+        data_from_description({"source": "elsewhere"})

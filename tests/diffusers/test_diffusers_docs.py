@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["blocks", "config", "families", "hooks", "modulators", "precompute", "slots", "support", "verify"]
+MODULES = ["blocks", "config", "families", "hooks", "modulators", "pipelines", "precompute", "slots", "support", "verify"]
 
 
 @pytest.mark.parametrize("name", MODULES)
