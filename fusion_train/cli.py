@@ -194,15 +194,16 @@ def _data_description(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_cache_location(args: argparse.Namespace, desc: dict[str, Any], quiet: bool) -> None:
-    if desc["source"] != "music21" or quiet:
+    if desc["source"] != "music21":
         return
     from .data import resolve_cache_root
 
     root = resolve_cache_root(args.cache_dir)
-    print(f"data cache: {root / 'reference_data'} (move it with --cache-dir or $FUSION_CACHE_DIR)",
-          file=sys.stderr)
     args._interrupt_note = (f"rendered pieces are kept in {root / 'reference_data' / 'pieces'}; "
                             "run the same command again to resume")
+    if not quiet:
+        print(f"data cache: {root / 'reference_data'} (move it with --cache-dir or $FUSION_CACHE_DIR)",
+              file=sys.stderr)
 
 
 def _load(args: argparse.Namespace, desc: dict[str, Any], progress: bool) -> Any:
