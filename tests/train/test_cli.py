@@ -279,3 +279,28 @@ def test_data_prints_where_the_cache_lives(tmp_path, capsys):
     captured = capsys.readouterr()
     assert f"data cache: {tmp_path / 'reference_data'}" in captured.err
     assert str(tmp_path / "reference_data") in captured.out  # the summary names the data's folder
+
+
+def test_data_ctrl_c_keeps_rendered_pieces_and_resumes(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("music21")
+    from fusion_train.data import reference
+
+    original, calls = reference._render_piece, []
+
+    def interrupt_second(piece_id, config_dict):
+        calls.append(piece_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(piece_id, config_dict)
+
+    monkeypatch.setattr(reference, "_render_piece", interrupt_second)
+    argv = ["data", "--pieces", "2", "--excerpts-per-piece", "1", "--frames", "48", "--cache-dir", str(tmp_path),
+            "--json"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"fusion-train data: interrupted; rendered pieces are kept in "
+                       f"{tmp_path / 'reference_data' / 'pieces'}; run the same command again to resume")
+    monkeypatch.setattr(reference, "_render_piece", original)
+    assert main(argv) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["excerpts"] == 2 and info["cache"] == "built"
