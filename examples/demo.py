@@ -311,12 +311,15 @@ def plot_curves(path: Path, target, curve_u, curve_g, err_u, err_g, spectrograms
     for i in range(n):
         ax = fig.add_subplot(grid[i, 0], sharex=first, sharey=first)
         first = first or ax
+        ax.plot(seconds, curve_u[i, 0], color="tab:gray", lw=1, label="unguided")
+        ax.plot(seconds, curve_g[i, 0], color="tab:red", lw=1, label="guided")
         ax.plot(seconds, target, "k--", lw=1.5, label="target")
-        ax.plot(seconds, curve_u[i, 0], color="tab:gray", lw=1, label=f"unguided (MAE {err_u[i]:.1f} dB)")
-        ax.plot(seconds, curve_g[i, 0], color="tab:red", lw=1, label=f"guided (MAE {err_g[i]:.1f} dB)")
-        ax.set_ylim(lo, hi)
+        ax.set_ylim(lo, hi + 0.12 * (hi - lo))  # headroom for the per-seed error line
         ax.set_ylabel(f"seed {i}\nloudness (dB)")
-        ax.legend(loc="lower center", fontsize=7, ncol=3)
+        ax.text(0.01, 0.97, f"mean absolute error: unguided {err_u[i]:.1f} dB, guided {err_g[i]:.1f} dB",
+                transform=ax.transAxes, va="top", fontsize=8)
+        if i == 0:
+            ax.legend(loc="upper right", fontsize=7, ncol=3)
         ax.grid(alpha=0.3)
         if i < n - 1:
             ax.tick_params(labelbottom=False)
