@@ -318,8 +318,8 @@ def plot_curves(path: Path, target, curve_u, curve_g, err_u, err_g, spectrograms
         ax.set_ylabel(f"seed {i}\nloudness (dB)")
         ax.text(0.01, 0.97, f"mean absolute error: unguided {err_u[i]:.1f} dB, guided {err_g[i]:.1f} dB",
                 transform=ax.transAxes, va="top", fontsize=8)
-        if i == 0:
-            ax.legend(loc="upper right", fontsize=7, ncol=3)
+        if i == 0:  # one legend for all seed panels, above them (never over a curve)
+            fig.legend(*ax.get_legend_handles_labels(), loc="outside upper left", ncol=3, fontsize=8)
         ax.grid(alpha=0.3)
         if i < n - 1:
             ax.tick_params(labelbottom=False)
