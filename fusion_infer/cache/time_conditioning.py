@@ -44,6 +44,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -94,6 +95,8 @@ class TimeConditioningCache:
         (1, 1)
         >>> cache.detach()
     """
+
+    _bypass_warned = False  # set per instance on the first bypass warning
 
     def __init__(
         self,
@@ -289,6 +292,16 @@ class TimeConditioningCache:
         params = self.model.modulator_parameters()
         if self._must_bypass(params, cond):
             self.core.stats.bypassed += 1
+            if not self._bypass_warned and any(p.requires_grad for p in params):
+                # Once per cache: a head left trainable at inference silently gets 0 hits otherwise.
+                self._bypass_warned = True
+                warnings.warn(
+                    "TimeConditioningCache is bypassed: grad is enabled and the head's modulator "
+                    "weights require grad. For inference call head.requires_grad_(False) or run "
+                    "under torch.no_grad(); training through the cache is exact but uncached.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             if self.offload is not None:
                 raise RuntimeError(
                     "TimeConditioningCache(offload_weights=True) cannot bypass: the modulator weights "

@@ -10,9 +10,9 @@ SanaVideoTransformer3DModel, MochiTransformer3DModel (others are refused, naming
 Quick start::
 
     from fusion_diffusers import enable_modulator_cache, stats
-    enable_modulator_cache(pipe)          # or apply_modulator_cache(pipe.transformer)
+    cache = enable_modulator_cache(pipe)  # a pipeline or its transformer
     images = pipe(...).images             # bit-identical to the uncached pipeline
-    print(stats(pipe.transformer))
+    print(stats(pipe))                    # or print(cache): a one-line summary
 
 See docs/diffusers_integration.md and docs/diffusers_support.md.
 """
@@ -32,11 +32,10 @@ from .hooks import (
     apply_modulator_cache,
     get_modulator_cache,
     remove_modulator_cache,
-    stats,
 )
 from .modulators import Modulators, compute_modulators
 from .offload import ResidentReport
-from .pipelines import disable_modulator_cache, enable_modulator_cache
+from .pipelines import disable_modulator_cache, enable_modulator_cache, stats
 from .precompute import PrecomputeReport, precompute
 from .verify import EquivalenceReport, verify_equivalence
 

@@ -139,6 +139,18 @@ class ModulatorCache(ModelHook):
 
     # ------------------------------------------------------------------ public controls
 
+    def __repr__(self) -> str:
+        s = self.core.stats
+        bound = f"/{self.config.max_entries}" if self.config.max_entries is not None else ""
+        state = "disabled" if self._disabled else "enabled"
+        offload = f", offload={self.offload.offload_device}" if self.offload is not None else ""
+        return (
+            f"ModulatorCache(family={self.family.name!r}, model={type(self.table.model).__name__}, "
+            f"sites={len(self._paths)}, {state}, entries={s.entries}{bound}, bytes={s.bytes}, "
+            f"hits={s.hits}, misses={s.misses}, hit_rate={s.hit_rate:.2f}, bypassed={s.bypassed}, "
+            f"invalidations={s.invalidations}{offload})"
+        )
+
     @property
     def stats(self) -> CacheStats:
         """Hits, misses, entries, bytes, evictions, invalidations (by reason), probes, bypasses."""
