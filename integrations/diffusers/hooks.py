@@ -313,6 +313,9 @@ class ModulatorCache(ModelHook):
         self._lora_merged = lora_merged
 
         cond = self.family.call_conditioning(module, args, kwargs)
+        if cond is None:  # a call form the family cannot serve from one entry (Family.uncacheable_call)
+            self.core.stats.bypassed += 1
+            return None
         t_host = cond.timestep.detach().to("cpu")
         stream, key = self._key(cond, t_host, lora_key)
 

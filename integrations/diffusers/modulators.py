@@ -209,11 +209,13 @@ def conditioning_for(
         raise ValueError("pooled_projections is required for SD3Transformer2DModel")
     if family.name == "flux" and values["pooled_projections"] is None:
         raise ValueError("pooled_projections is required for FluxTransformer2DModel")
+    for name in family.required:
+        if values[name] is None:
+            raise ValueError(f"{name} is required for {family.model_class.__name__}")
     if "batch_size" in values and values["batch_size"] is None:
         values["batch_size"] = timestep.shape[0] if timestep.dim() else 1
-    if family.name == "pixart":
-        if not model.adaln_single.emb.use_additional_conditions:
-            values["added_cond_kwargs"] = None
+    if family.adjust_values is not None:  # e.g. inputs the model ignores must not split the key
+        family.adjust_values(model, values)
     dtype = hidden_dtype if hidden_dtype is not None else model.dtype
     cond = CallConditioning(timestep=timestep, values=values, hidden_dtype=dtype, lora_scale=lora_scale)
     return cond

@@ -8,7 +8,9 @@ table, so supporting a new model means adding one module here (a :class:`Family`
 listing it in :data:`FAMILIES` and proving it bit-exact in the tests.
 
 One module per family (diffusers 0.42.1 sources; the papers are cited in each module):
-:mod:`.dit`, :mod:`.pixart`, :mod:`.sd3`, :mod:`.flux`, :mod:`.auraflow`, :mod:`.sana`; shared
+:mod:`.dit`, :mod:`.pixart`, :mod:`.sd3`, :mod:`.flux`, :mod:`.auraflow`, :mod:`.sana`,
+:mod:`.qwen_image`, :mod:`.flux2`, :mod:`.z_image`, :mod:`.chroma`, :mod:`.hidream`,
+:mod:`.lumina2`, :mod:`.cogview4`, :mod:`.hunyuan_dit`, :mod:`.krea2`; shared
 computations in :mod:`.patterns`, the :class:`Family` type in :mod:`.base`.
 
 Every model class not listed here — and every subclass of a listed class, whose ``forward`` may
@@ -27,7 +29,23 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import auraflow, dit, flux, pixart, sana, sd3
+from . import (
+    auraflow,
+    chroma,
+    cogview4,
+    dit,
+    flux,
+    flux2,
+    hidream,
+    hunyuan_dit,
+    krea2,
+    lumina2,
+    pixart,
+    qwen_image,
+    sana,
+    sd3,
+    z_image,
+)
 from .base import CallConditioning, ComputeFn, Family, UnsupportedModelError
 
 __all__ = [
@@ -44,7 +62,11 @@ __all__ = [
 
 #: Every supported class → its family.
 FAMILIES: dict[type, Family] = {
-    mod.FAMILY.model_class: mod.FAMILY for mod in (dit, pixart, sd3, flux, auraflow, sana)
+    mod.FAMILY.model_class: mod.FAMILY
+    for mod in (
+        *(dit, pixart, sd3, flux, auraflow, sana),
+        *(qwen_image, flux2, z_image, chroma, hidream, lumina2, cogview4, hunyuan_dit, krea2),
+    )
 }
 
 
@@ -84,6 +106,8 @@ def block_paths(model: nn.Module, family: Family) -> list[str]:
 def site_paths(model: nn.Module, family: Family) -> list[str]:
     """Dotted paths of every modulator site: model-level sites first, then blocks in order."""
     paths = list(family.model_sites)
+    if family.dynamic_model_sites is not None:
+        paths.extend(family.dynamic_model_sites(model))
     for bpath in block_paths(model, family):
         block = model.get_submodule(bpath)
         paths.extend(f"{bpath}.{rel}" for rel in family.block_sites(block))

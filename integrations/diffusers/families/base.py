@@ -60,6 +60,16 @@ class Family:
         check: returns a refusal reason for configurations the family does not cover, else None.
         adjust_values: optional in-place edit of the picked conditioning values for inputs the
             model ignores in some configurations (so they never split the key).
+        timestep_arg: name of the forward argument holding the timestep (``"timesteps"`` for
+            HiDream, ``"t"`` for Z-Image).
+        hidden_arg: name of the forward argument holding the latents; a list (Z-Image) gives
+            the hidden dtype of its first tensor and the batch size of its length.
+        required: conditioning names :func:`~fusion_diffusers.compute_modulators` must be given.
+        uncacheable_call: bound forward arguments → a reason when *this call* cannot be served
+            from one entry (e.g. a module run twice with different inputs in one forward); the
+            cache then runs the call uncached (counted in ``stats.bypassed``). None: always served.
+        dynamic_model_sites: model → extra model-level site paths that depend on the config
+            (e.g. one final layer per patch size), appended after ``model_sites``.
     """
 
     name: str
@@ -72,21 +82,34 @@ class Family:
     compute: ComputeFn
     check: Callable[[nn.Module], str | None]
     adjust_values: Callable[[nn.Module, dict[str, Any]], None] | None = None
+    timestep_arg: str = "timestep"
+    hidden_arg: str = "hidden_states"
+    required: tuple[str, ...] = ()
+    uncacheable_call: Callable[[nn.Module, dict[str, Any]], str | None] | None = None
+    dynamic_model_sites: Callable[[nn.Module], tuple[str, ...]] | None = None
 
-    def call_conditioning(self, model: nn.Module, args: tuple, kwargs: dict) -> CallConditioning:
-        """Bind a forward call's arguments and pick out what the modulators depend on."""
+    def call_conditioning(self, model: nn.Module, args: tuple, kwargs: dict) -> CallConditioning | None:
+        """Bind a forward call's arguments and pick out what the modulators depend on.
+
+        Returns None when ``uncacheable_call`` names a reason this call cannot be served.
+        """
         bound = _forward_signature(self.model_class).bind(model, *args, **kwargs)
         arguments = bound.arguments
-        hidden_states = arguments["hidden_states"]
-        timestep = arguments.get("timestep")
+        if self.uncacheable_call is not None and self.uncacheable_call(model, arguments) is not None:
+            return None
+        hidden_states = arguments[self.hidden_arg]
+        batch = len(hidden_states) if isinstance(hidden_states, (list, tuple)) else None
+        while isinstance(hidden_states, (list, tuple)):
+            hidden_states = hidden_states[0]
+        timestep = arguments.get(self.timestep_arg)
         if not isinstance(timestep, Tensor):
             raise TypeError(
-                f"{self.model_class.__name__}: the modulator cache needs `timestep` as a torch.Tensor, "
-                f"got {type(timestep).__name__}"
+                f"{self.model_class.__name__}: the modulator cache needs `{self.timestep_arg}` as a "
+                f"torch.Tensor, got {type(timestep).__name__}"
             )
         values = {name: arguments.get(name) for name in self.conditioning}
         if "batch_size" in values:  # not a forward argument: the models take it from the latents
-            values["batch_size"] = hidden_states.shape[0]
+            values["batch_size"] = hidden_states.shape[0] if batch is None else batch
         if self.adjust_values is not None:
             self.adjust_values(model, values)
         lora_scale = 1.0

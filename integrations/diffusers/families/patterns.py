@@ -3,7 +3,14 @@
 * ``AdaLayerNormZero`` / ``SD35AdaLayerNormZeroX`` / ``AdaLayerNormZeroSingle``
   (diffusers ``models/normalization.py``): ``linear(silu(emb))``.
 * ``AdaLayerNormContinuous`` and ``AuraFlowPreFinalBlock``: ``linear(silu(c).to(x.dtype))``.
-* adaLN-single models (PixArt, Sana) have no per-block site: blocks only add learned tables.
+* adaLN-single models (PixArt, Sana, Krea2, Chroma) have no per-block site: blocks only add
+  learned tables or slice a shared tensor.
+* Shared modulation modules called once per forward and handed to every block (FLUX.2) are
+  model-level sites; per-block ``nn.Sequential(SiLU, Linear)`` modulations (Qwen-Image
+  ``img_mod``/``txt_mod``, HiDream/Z-Image ``adaLN_modulation``) are sites as a whole.
+
+Helpers for the families' ``check`` (:func:`blocks_reason`, :func:`module_reason`) and for
+modules that read only the *dtype* of the latents (:func:`dtype_stand_in`) are here too.
 """
 
 from __future__ import annotations
@@ -11,7 +18,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["continuous_linear", "no_block_sites", "zero_linear"]
+__all__ = [
+    "blocks_reason",
+    "continuous_linear",
+    "dtype_stand_in",
+    "module_reason",
+    "no_block_sites",
+    "zero_linear",
+]
 
 
 def no_block_sites(block: nn.Module) -> tuple[str, ...]:
@@ -26,3 +40,39 @@ def zero_linear(norm: nn.Module, temb: Tensor) -> Tensor:
 def continuous_linear(norm: nn.Module, temb: Tensor, x_dtype: torch.dtype) -> Tensor:
     # AdaLayerNormContinuous: `linear(silu(c).to(x.dtype))`.
     return norm.linear(norm.silu(temb).to(x_dtype))
+
+
+def dtype_stand_in(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An empty tensor standing in for the latents where a module reads only their dtype.
+
+    Qwen-Image's ``QwenTimestepProjEmbeddings`` and Lumina2's ``time_proj(t).type_as(x)`` take the
+    hidden states only to cast to their dtype; an empty tensor of that dtype gives the same bits
+    without depending on (or keying on) the latent tokens.
+    """
+    return torch.empty(0, dtype=dtype, device=device)
+
+
+def module_reason(model: nn.Module, path: str, cls: type) -> str | None:
+    """``None`` when the module at ``path`` is exactly a ``cls``, else the refusal reason."""
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return f"{path} is missing, expected a {cls.__name__}"
+    if type(module) is not cls:
+        return f"{path} is a {type(module).__name__}, expected {cls.__name__}"
+    return None
+
+
+def blocks_reason(model: nn.Module, list_name: str, block_cls: type, parts: dict[str, type] | None = None) -> str | None:
+    """``None`` when every block of ``model.<list_name>`` is exactly ``block_cls`` and each of its
+    submodules named in ``parts`` (relative path → class) is exactly that class."""
+    for i, block in enumerate(getattr(model, list_name)):
+        reason = module_reason(model, f"{list_name}.{i}", block_cls)
+        if reason is None and parts:
+            for rel, cls in parts.items():
+                reason = module_reason(model, f"{list_name}.{i}.{rel}", cls)
+                if reason is not None:
+                    break
+        if reason is not None:
+            return reason
+    return None
