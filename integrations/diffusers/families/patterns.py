@@ -66,7 +66,7 @@ def module_reason(model: nn.Module, path: str, cls: type) -> str | None:
 def blocks_reason(model: nn.Module, list_name: str, block_cls: type, parts: dict[str, type] | None = None) -> str | None:
     """``None`` when every block of ``model.<list_name>`` is exactly ``block_cls`` and each of its
     submodules named in ``parts`` (relative path → class) is exactly that class."""
-    for i, block in enumerate(getattr(model, list_name)):
+    for i in range(len(getattr(model, list_name))):
         reason = module_reason(model, f"{list_name}.{i}", block_cls)
         if reason is None and parts:
             for rel, cls in parts.items():
