@@ -1,8 +1,11 @@
 """fusion_diffusers: a lossless adaLN modulator cache for diffusers DiT transformers and pipelines.
 
 Supported: DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel,
-FluxTransformer2DModel, AuraFlowTransformer2DModel, SanaTransformer2DModel (others are refused,
-naming the class).
+FluxTransformer2DModel, AuraFlowTransformer2DModel, SanaTransformer2DModel,
+QwenImageTransformer2DModel, Flux2Transformer2DModel, ZImageTransformer2DModel,
+ChromaTransformer2DModel, HiDreamImageTransformer2DModel, Lumina2Transformer2DModel,
+CogView4Transformer2DModel, HunyuanDiT2DModel, Krea2Transformer2DModel (``families.FAMILIES``;
+others are refused, naming the class).
 
 Quick start::
 

@@ -411,7 +411,9 @@ def apply_modulator_cache(transformer: nn.Module, config: ModulatorCacheConfig |
     Args:
         transformer: ``DiTTransformer2DModel``, ``PixArtTransformer2DModel``,
             ``SD3Transformer2DModel``, ``FluxTransformer2DModel``, ``AuraFlowTransformer2DModel``
-            or ``SanaTransformer2DModel`` (or a ``torch.compile`` wrapper of one). Any other class is refused with
+            or ``SanaTransformer2DModel``, or one of the image families in
+            :data:`fusion_diffusers.families.FAMILIES` (Qwen-Image, FLUX.2, Z-Image, …), or a
+            ``torch.compile`` wrapper of one. Any other class is refused with
             :class:`fusion_diffusers.UnsupportedModelError` naming it.
         config: :class:`ModulatorCacheConfig` (defaults when None).
 

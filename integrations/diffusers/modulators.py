@@ -143,7 +143,9 @@ def compute_modulators(
         **conditioning: the other forward arguments the modulators depend on —
             DiT: ``class_labels``; PixArt: ``added_cond_kwargs`` and ``batch_size``;
             SD3: ``pooled_projections``; Flux: ``pooled_projections``, ``guidance``;
-            Sana: ``guidance`` (Sprint), ``batch_size``; AuraFlow: none (timestep only).
+            Sana: ``guidance`` (Sprint), ``batch_size``; AuraFlow: none (timestep only);
+            the other families: their ``Family.conditioning`` (e.g. HiDream ``pooled_embeds``,
+            CogView4 ``original_size``/``target_size``/``crop_coords``, FLUX.2 ``guidance``).
             ``batch_size`` defaults to the timestep's length.
 
     Returns:
