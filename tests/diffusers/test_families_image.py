@@ -1,5 +1,5 @@
 """The image families (Qwen-Image, FLUX.2, Z-Image, Chroma, HiDream, Lumina2, CogView4, Hunyuan-DiT,
-Krea 2): bit-equal to the uncached model, every listed site really served, keys complete, LoRA,
+Krea 2, LongCat-Image, Bria, Bria FIBO, Ovis-Image): bit-equal to the uncached model, every listed site really served, keys complete, LoRA,
 per-call bypass, refusals.
 
 Site lists and conditioning names are written out here independently of
@@ -38,20 +38,25 @@ MODULATOR_MODULES = {
     "cogview4": ("time_condition_embed", "norm1.linear", "norm_out.linear"),
     "hunyuan_dit": ("time_extra_emb", "norm1.linear", "norm_out.linear"),
     "krea2": ("time_embed", "time_mod_proj"),
+    "longcat_image": ("time_embed", "norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"),
+    "ovis_image": ("timestep_embedder", "norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"),
+    # Bria: `time_embed` runs every call (the guidance embedding is added into it in place)
+    "bria": ("norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"),
 }
 # Sites whose value only feeds other (cached) sites: replacing it alone cannot change the output.
 FEEDS_ONLY_SITES = {
     "qwen_image": {"time_text_embed"}, "flux2": {"time_guidance_embed"}, "z_image": {"t_embedder"},
     "chroma": {"time_text_embed"}, "hidream": {"t_embedder", "p_embedder"},
     "lumina2": {"time_caption_embed.timestep_embedder"}, "cogview4": {"time_condition_embed"},
-    "hunyuan_dit": {"time_extra_emb"}, "krea2": set(),
+    "hunyuan_dit": {"time_extra_emb"}, "krea2": set(), "longcat_image": {"time_embed"},
+    "ovis_image": {"timestep_embedder"}, "bria": set(),
 }
 # Forward inputs (besides the timestep) that feed the modulators.
 CONDITIONING = {
     "qwen_image_layered": ("additional_t_cond",), "flux2_dev": ("guidance",), "hidream": ("pooled_embeds",),
     "cogview4": ("original_size", "target_size", "crop_coords"),
     "hunyuan_dit": ("encoder_hidden_states_t5", "image_meta_size", "style"),
-    "hunyuan_dit_12": ("encoder_hidden_states_t5",),
+    "hunyuan_dit_12": ("encoder_hidden_states_t5",), "bria_fibo": ("guidance",),
 }
 TIMESTEP_ARG = {"z_image": "t", "hidream": "timesteps"}
 
@@ -156,7 +161,7 @@ def _misses(case_name: str, x: dict) -> list[tuple[str, dict]]:
     out = [("timestep_one_ulp", {**x, t: _ulp(x[t])})]
     if case_name == "qwen_image_layered":
         out.append(("additional_t_cond", {**x, "additional_t_cond": x["additional_t_cond"].flip(0)}))
-    if case_name == "flux2_dev":
+    if case_name in ("flux2_dev", "bria_fibo"):
         out.append(("guidance", {**x, "guidance": x["guidance"] + 1.0}))
         out.append(("guidance_one_ulp", {**x, "guidance": _one_ulp(x["guidance"])}))
     if case_name == "hidream":
@@ -175,7 +180,8 @@ def _misses(case_name: str, x: dict) -> list[tuple[str, dict]]:
 
 def _hits(case_name: str, x: dict) -> list[tuple[str, dict]]:
     """Inputs the modulators do not depend on: changing them must reuse the entry."""
-    if case_name in ("qwen_image", "flux2_dev", "chroma", "lumina2", "krea2"):
+    if case_name in ("qwen_image", "flux2_dev", "chroma", "lumina2", "krea2", "longcat_image", "bria",
+                     "bria_fibo", "ovis_image"):
         return [("prompt", {**x, "encoder_hidden_states": x["encoder_hidden_states"] * -1})]
     if case_name == "z_image":
         return [("prompt", {**x, "cap_feats": [c * -1 for c in x["cap_feats"]]})]
@@ -219,9 +225,11 @@ LORA_TARGETS = {
     "lumina2": ["norm1.linear", "norm_out.linear_1"],
     "cogview4": ["norm1.linear", "norm_out.linear"],
     "krea2": ["time_mod_proj"],
+    "bria": ["norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"],
+    "ovis_image": ["norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"],
 }
 LORA_KWARG = {"flux2_dev": "joint_attention_kwargs", "z_image": "joint_attention_kwargs",
-              "chroma": "joint_attention_kwargs"}
+              "chroma": "joint_attention_kwargs", "ovis_image": "joint_attention_kwargs"}
 
 
 @pytest.mark.parametrize("name", list(LORA_TARGETS))

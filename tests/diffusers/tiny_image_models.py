@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import torch
 from diffusers import (
+    BriaFiboTransformer2DModel,
+    BriaTransformer2DModel,
     ChromaTransformer2DModel,
     CogView4Transformer2DModel,
     Flux2Transformer2DModel,
     HiDreamImageTransformer2DModel,
     HunyuanDiT2DModel,
+    LongCatImageTransformer2DModel,
     Lumina2Transformer2DModel,
+    OvisImageTransformer2DModel,
     QwenImageTransformer2DModel,
     ZImageTransformer2DModel,
 )
@@ -245,6 +249,47 @@ def krea2_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 1.0) 
     }
 
 
+# ----------------------------------------------------------------------------- FLUX.1-style stacks
+# LongCat-Image, Bria 3.x, Bria FIBO, Ovis-Image: one temb, AdaLayerNormZero(/Single) blocks.
+
+_FLUXLIKE = dict(patch_size=1, in_channels=8, num_layers=1, num_single_layers=2, attention_head_dim=8,
+                 num_attention_heads=2, joint_attention_dim=12, axes_dims_rope=[2, 2, 4])
+
+
+def make_longcat_image() -> nn.Module:
+    return LongCatImageTransformer2DModel(**_FLUXLIKE, pooled_projection_dim=12)
+
+
+def make_bria(guidance: bool = False) -> nn.Module:
+    return BriaTransformer2DModel(**_FLUXLIKE, guidance_embeds=guidance)
+
+
+def make_bria_fibo(guidance: bool = False) -> nn.Module:
+    return BriaFiboTransformer2DModel(**{**_FLUXLIKE, "joint_attention_dim": 16}, guidance_embeds=guidance,
+                                      text_encoder_dim=6)
+
+
+def make_ovis_image() -> nn.Module:
+    return OvisImageTransformer2DModel(**_FLUXLIKE, out_channels=8)
+
+
+def fluxlike_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 1.0, *, ctx: int = 12,
+                    guidance: float | None = None, fibo_layers: int = 0) -> dict:
+    g = _gen(seed)
+    out = {
+        "hidden_states": torch.randn(batch, 16, 8, generator=g).to(dtype),
+        "encoder_hidden_states": torch.randn(batch, 5, ctx, generator=g).to(dtype),
+        "timestep": _t(batch, t, dtype, 0.0),
+        "img_ids": torch.randint(0, 4, (16, 3), generator=g).float(),
+        "txt_ids": torch.zeros(5, 3),
+    }
+    if guidance is not None:
+        out["guidance"] = torch.full((batch,), guidance).to(dtype)
+    if fibo_layers:
+        out["text_encoder_layers"] = [torch.randn(batch, 5, 6, generator=g).to(dtype) for _ in range(fibo_layers)]
+    return out
+
+
 CASES = [
     Case("qwen_image", make_qwen_image, qwen_image_inputs, 1.0, 0.5),
     Case("qwen_image_edit_2511", lambda: make_qwen_image(zero_cond_t=True),
@@ -261,6 +306,11 @@ CASES = [
     Case("hunyuan_dit", make_hunyuan_dit, hunyuan_dit_inputs, 999.0, 500.0),
     Case("hunyuan_dit_12", lambda: make_hunyuan_dit(False), hunyuan_dit_inputs, 999.0, 500.0),
     Case("krea2", make_krea2, krea2_inputs, 1.0, 0.5),
+    Case("longcat_image", make_longcat_image, fluxlike_inputs, 1.0, 0.5),
+    Case("bria", make_bria, fluxlike_inputs, 1000.0, 500.0),
+    Case("bria_fibo", lambda: make_bria_fibo(True),
+         lambda *a, **k: fluxlike_inputs(*a, ctx=16, guidance=3.0, fibo_layers=3, **k), 1000.0, 500.0),
+    Case("ovis_image", make_ovis_image, fluxlike_inputs, 1.0, 0.5),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 

@@ -10,7 +10,8 @@ listing it in :data:`FAMILIES` and proving it bit-exact in the tests.
 One module per family (diffusers 0.42.1 sources; the papers are cited in each module):
 :mod:`.dit`, :mod:`.pixart`, :mod:`.sd3`, :mod:`.flux`, :mod:`.auraflow`, :mod:`.sana`,
 :mod:`.qwen_image`, :mod:`.flux2`, :mod:`.z_image`, :mod:`.chroma`, :mod:`.hidream`,
-:mod:`.lumina2`, :mod:`.cogview4`, :mod:`.hunyuan_dit`, :mod:`.krea2`; shared
+:mod:`.lumina2`, :mod:`.cogview4`, :mod:`.hunyuan_dit`, :mod:`.krea2`, :mod:`.longcat_image`,
+:mod:`.bria`, :mod:`.bria_fibo`, :mod:`.ovis_image`; shared
 computations in :mod:`.patterns`, the :class:`Family` type in :mod:`.base`.
 
 Every model class not listed here — and every subclass of a listed class, whose ``forward`` may
@@ -31,6 +32,8 @@ from torch import nn
 
 from . import (
     auraflow,
+    bria,
+    bria_fibo,
     chroma,
     cogview4,
     dit,
@@ -39,7 +42,9 @@ from . import (
     hidream,
     hunyuan_dit,
     krea2,
+    longcat_image,
     lumina2,
+    ovis_image,
     pixart,
     qwen_image,
     sana,
@@ -66,6 +71,7 @@ FAMILIES: dict[type, Family] = {
     for mod in (
         *(dit, pixart, sd3, flux, auraflow, sana),
         *(qwen_image, flux2, z_image, chroma, hidream, lumina2, cogview4, hunyuan_dit, krea2),
+        *(longcat_image, bria, bria_fibo, ovis_image),
     )
 }
 

@@ -15,11 +15,22 @@ modules that read only the *dtype* of the latents (:func:`dtype_stand_in`) are h
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
+from diffusers.models.normalization import (
+    AdaLayerNormContinuous,
+    AdaLayerNormZero,
+    AdaLayerNormZeroSingle,
+)
+
 __all__ = [
     "blocks_reason",
+    "flux_style_block_sites",
+    "flux_style_check",
+    "flux_style_values",
     "continuous_linear",
     "dtype_stand_in",
     "module_reason",
@@ -76,3 +87,43 @@ def blocks_reason(model: nn.Module, list_name: str, block_cls: type, parts: dict
         if reason is not None:
             return reason
     return None
+
+
+# ------------------------------------------------------------------ FLUX.1-style MMDiT stacks
+# FLUX.1 (`transformer_flux.py`) and the models built on its layout (LongCat-Image, Bria, Bria
+# FIBO, Ovis-Image): double-stream blocks with `norm1`/`norm1_context` = AdaLayerNormZero,
+# single-stream blocks with `norm` = AdaLayerNormZeroSingle, `norm_out` = AdaLayerNormContinuous,
+# all fed one `temb`.
+
+
+def flux_style_block_sites(double_cls: type) -> Callable[[nn.Module], tuple[str, ...]]:
+    """Block → sites for a FLUX-style stack whose double-stream block class is ``double_cls``."""
+
+    def sites(block: nn.Module) -> tuple[str, ...]:
+        if type(block) is double_cls:
+            return ("norm1.linear", "norm1_context.linear")
+        return ("norm.linear",)
+
+    return sites
+
+
+def flux_style_check(model: nn.Module, double_cls: type, single_cls: type) -> str | None:
+    """Refusal reason unless ``model`` has the FLUX-style block/norm layout."""
+    return (
+        blocks_reason(model, "transformer_blocks", double_cls,
+                      {"norm1": AdaLayerNormZero, "norm1_context": AdaLayerNormZero})
+        or blocks_reason(model, "single_transformer_blocks", single_cls, {"norm": AdaLayerNormZeroSingle})
+        or module_reason(model, "norm_out", AdaLayerNormContinuous)
+    )
+
+
+def flux_style_values(model: nn.Module, temb: Tensor, x_dtype: torch.dtype) -> dict[str, Tensor]:
+    """Every block's and ``norm_out``'s modulator of a FLUX-style stack from one ``temb``."""
+    out: dict[str, Tensor] = {}
+    for i, blk in enumerate(model.transformer_blocks):
+        out[f"transformer_blocks.{i}.norm1.linear"] = zero_linear(blk.norm1, temb)
+        out[f"transformer_blocks.{i}.norm1_context.linear"] = zero_linear(blk.norm1_context, temb)
+    for i, blk in enumerate(model.single_transformer_blocks):
+        out[f"single_transformer_blocks.{i}.norm.linear"] = zero_linear(blk.norm, temb)
+    out["norm_out.linear"] = continuous_linear(model.norm_out, temb, x_dtype)
+    return out
