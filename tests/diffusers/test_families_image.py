@@ -1,5 +1,5 @@
 """The image families (Qwen-Image, FLUX.2, Z-Image, Chroma, HiDream, Lumina2, CogView4, Hunyuan-DiT,
-Krea 2, LongCat-Image, Bria, Bria FIBO, Ovis-Image): bit-equal to the uncached model, every listed site really served, keys complete, LoRA,
+Krea 2, LongCat-Image, Bria, Bria FIBO, Ovis-Image, Qwen-Image 2.1): bit-equal to the uncached model, every listed site really served, keys complete, LoRA,
 per-call bypass, refusals.
 
 Site lists and conditioning names are written out here independently of
@@ -38,6 +38,7 @@ MODULATOR_MODULES = {
     "cogview4": ("time_condition_embed", "norm1.linear", "norm_out.linear"),
     "hunyuan_dit": ("time_extra_emb", "norm1.linear", "norm_out.linear"),
     "krea2": ("time_embed", "time_mod_proj"),
+    "qwen_image21": ("time_text_embed", "modulation", "norm_out.linear"),
     "longcat_image": ("time_embed", "norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"),
     "ovis_image": ("timestep_embedder", "norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"),
     # Bria: `time_embed` runs every call (the guidance embedding is added into it in place)
@@ -49,7 +50,7 @@ FEEDS_ONLY_SITES = {
     "chroma": {"time_text_embed"}, "hidream": {"t_embedder", "p_embedder"},
     "lumina2": {"time_caption_embed.timestep_embedder"}, "cogview4": {"time_condition_embed"},
     "hunyuan_dit": {"time_extra_emb"}, "krea2": set(), "longcat_image": {"time_embed"},
-    "ovis_image": {"timestep_embedder"}, "bria": set(),
+    "ovis_image": {"timestep_embedder"}, "bria": set(), "qwen_image21": {"time_text_embed"},
 }
 # Forward inputs (besides the timestep) that feed the modulators.
 CONDITIONING = {
@@ -181,7 +182,7 @@ def _misses(case_name: str, x: dict) -> list[tuple[str, dict]]:
 def _hits(case_name: str, x: dict) -> list[tuple[str, dict]]:
     """Inputs the modulators do not depend on: changing them must reuse the entry."""
     if case_name in ("qwen_image", "flux2_dev", "chroma", "lumina2", "krea2", "longcat_image", "bria",
-                     "bria_fibo", "ovis_image"):
+                     "bria_fibo", "ovis_image", "qwen_image21", "qwen_image21_plain"):
         return [("prompt", {**x, "encoder_hidden_states": x["encoder_hidden_states"] * -1})]
     if case_name == "z_image":
         return [("prompt", {**x, "cap_feats": [c * -1 for c in x["cap_feats"]]})]
@@ -225,6 +226,7 @@ LORA_TARGETS = {
     "lumina2": ["norm1.linear", "norm_out.linear_1"],
     "cogview4": ["norm1.linear", "norm_out.linear"],
     "krea2": ["time_mod_proj"],
+    "qwen_image21": ["modulation.1", "norm_out.linear"],
     "bria": ["norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"],
     "ovis_image": ["norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"],
 }

@@ -24,6 +24,7 @@ from diffusers import (
 )
 from diffusers.models.embeddings import get_2d_rotary_pos_embed
 from diffusers.models.transformers.transformer_krea2 import Krea2Transformer2DModel
+from diffusers.models.transformers.transformer_qwenimage21 import QwenImage21Transformer2DModel
 from diffusers_tiny_models import Case
 from torch import nn
 
@@ -290,6 +291,30 @@ def fluxlike_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 1.
     return out
 
 
+# ----------------------------------------------------------------------------- Qwen-Image 2.1
+
+
+def make_qwen_image21(causal: bool = True) -> nn.Module:
+    return QwenImage21Transformer2DModel(
+        patch_size=1, in_channels=8, out_channels=8, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+        context_in_dim=12, mlp_ratio=2, axes_dims_rope=(2, 2, 4), causal_condition=causal,
+    )
+
+
+def qwen_image21_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 1.0) -> dict:
+    g = _gen(seed)
+    text = 5
+    img_mask = torch.zeros(batch, text + 4, dtype=torch.bool)
+    img_mask[:, text:] = True  # 4 image slots of 2x2 latent tokens: a 4x4 target
+    return {
+        "hidden_states": torch.randn(batch, 16, 8, generator=g).to(dtype),
+        "encoder_hidden_states": torch.randn(batch, text, 12, generator=g).to(dtype),
+        "timestep": _t(batch, t, dtype, 0.0),
+        "img_shapes": [[(1, 4, 4)]] * batch,
+        "img_mask": img_mask,
+    }
+
+
 CASES = [
     Case("qwen_image", make_qwen_image, qwen_image_inputs, 1.0, 0.5),
     Case("qwen_image_edit_2511", lambda: make_qwen_image(zero_cond_t=True),
@@ -311,6 +336,8 @@ CASES = [
     Case("bria_fibo", lambda: make_bria_fibo(True),
          lambda *a, **k: fluxlike_inputs(*a, ctx=16, guidance=3.0, fibo_layers=3, **k), 1000.0, 500.0),
     Case("ovis_image", make_ovis_image, fluxlike_inputs, 1.0, 0.5),
+    Case("qwen_image21", make_qwen_image21, qwen_image21_inputs, 1.0, 0.5),
+    Case("qwen_image21_plain", lambda: make_qwen_image21(False), qwen_image21_inputs, 1.0, 0.5),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 
