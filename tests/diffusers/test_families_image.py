@@ -1,5 +1,6 @@
 """The image families (Qwen-Image, FLUX.2, Z-Image, Chroma, HiDream, Lumina2, CogView4, Hunyuan-DiT,
-Krea 2, LongCat-Image, Bria, Bria FIBO, Ovis-Image, Qwen-Image 2.1): bit-equal to the uncached model, every listed site really served, keys complete, LoRA,
+Krea 2, LongCat-Image, Bria, Bria FIBO, Ovis-Image, Qwen-Image 2.1, CogView3-Plus, GLM-Image):
+bit-equal to the uncached model, every listed site really served, keys complete, LoRA,
 per-call bypass, refusals.
 
 Site lists and conditioning names are written out here independently of
@@ -39,6 +40,8 @@ MODULATOR_MODULES = {
     "hunyuan_dit": ("time_extra_emb", "norm1.linear", "norm_out.linear"),
     "krea2": ("time_embed", "time_mod_proj"),
     "qwen_image21": ("time_text_embed", "modulation", "norm_out.linear"),
+    "cogview3plus": ("time_condition_embed", "norm1.linear", "norm_out.linear"),
+    "glm_image": ("time_condition_embed", "norm1.linear", "norm_out.linear"),
     "longcat_image": ("time_embed", "norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"),
     "ovis_image": ("timestep_embedder", "norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"),
     # Bria: `time_embed` runs every call (the guidance embedding is added into it in place)
@@ -51,11 +54,13 @@ FEEDS_ONLY_SITES = {
     "lumina2": {"time_caption_embed.timestep_embedder"}, "cogview4": {"time_condition_embed"},
     "hunyuan_dit": {"time_extra_emb"}, "krea2": set(), "longcat_image": {"time_embed"},
     "ovis_image": {"timestep_embedder"}, "bria": set(), "qwen_image21": {"time_text_embed"},
+    "cogview3plus": {"time_condition_embed"}, "glm_image": {"time_condition_embed"},
 }
 # Forward inputs (besides the timestep) that feed the modulators.
 CONDITIONING = {
     "qwen_image_layered": ("additional_t_cond",), "flux2_dev": ("guidance",), "hidream": ("pooled_embeds",),
     "cogview4": ("original_size", "target_size", "crop_coords"),
+    "cogview3plus": ("original_size", "target_size", "crop_coords"), "glm_image": ("target_size", "crop_coords"),
     "hunyuan_dit": ("encoder_hidden_states_t5", "image_meta_size", "style"),
     "hunyuan_dit_12": ("encoder_hidden_states_t5",), "bria_fibo": ("guidance",),
 }
@@ -168,8 +173,9 @@ def _misses(case_name: str, x: dict) -> list[tuple[str, dict]]:
     if case_name == "hidream":
         out.append(("pooled_embeds", {**x, "pooled_embeds": x["pooled_embeds"].flip(0)}))
         out.append(("pooled_one_ulp", {**x, "pooled_embeds": _one_ulp(x["pooled_embeds"])}))
-    if case_name == "cogview4":
+    if case_name in ("cogview4", "cogview3plus"):
         out.append(("original_size", {**x, "original_size": x["original_size"] * 2}))
+    if case_name in ("cogview4", "cogview3plus", "glm_image"):
         out.append(("target_size", {**x, "target_size": x["target_size"] + 8}))
         out.append(("crop_coords", {**x, "crop_coords": x["crop_coords"] + 1}))
     if case_name.startswith("hunyuan_dit"):
@@ -182,7 +188,8 @@ def _misses(case_name: str, x: dict) -> list[tuple[str, dict]]:
 def _hits(case_name: str, x: dict) -> list[tuple[str, dict]]:
     """Inputs the modulators do not depend on: changing them must reuse the entry."""
     if case_name in ("qwen_image", "flux2_dev", "chroma", "lumina2", "krea2", "longcat_image", "bria",
-                     "bria_fibo", "ovis_image", "qwen_image21", "qwen_image21_plain"):
+                     "bria_fibo", "ovis_image", "qwen_image21", "qwen_image21_plain", "cogview4", "cogview3plus",
+                     "glm_image"):
         return [("prompt", {**x, "encoder_hidden_states": x["encoder_hidden_states"] * -1})]
     if case_name == "z_image":
         return [("prompt", {**x, "cap_feats": [c * -1 for c in x["cap_feats"]]})]

@@ -12,8 +12,10 @@ from diffusers import (
     BriaFiboTransformer2DModel,
     BriaTransformer2DModel,
     ChromaTransformer2DModel,
+    CogView3PlusTransformer2DModel,
     CogView4Transformer2DModel,
     Flux2Transformer2DModel,
+    GlmImageTransformer2DModel,
     HiDreamImageTransformer2DModel,
     HunyuanDiT2DModel,
     LongCatImageTransformer2DModel,
@@ -200,6 +202,29 @@ def cogview4_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 99
     }
 
 
+def make_cogview3plus() -> nn.Module:
+    return CogView3PlusTransformer2DModel(
+        patch_size=2, in_channels=4, num_layers=2, attention_head_dim=4, num_attention_heads=4, out_channels=4,
+        text_embed_dim=12, time_embed_dim=8, condition_dim=2, pos_embed_max_size=8, sample_size=8,
+    )
+
+
+def make_glm_image() -> nn.Module:
+    return GlmImageTransformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=4, num_attention_heads=4,
+        text_embed_dim=12, time_embed_dim=8, condition_dim=4, prior_vq_quantizer_codebook_size=32,
+    )
+
+
+def glm_image_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 999.0) -> dict:
+    x = cogview4_inputs(batch, dtype, seed, t)
+    del x["original_size"]
+    g = _gen(seed + 100)
+    x["prior_token_id"] = torch.randint(0, 32, (batch, 16), generator=g)
+    x["prior_token_drop"] = torch.tensor([False, True, False, True][:batch])
+    return x
+
+
 # ----------------------------------------------------------------------------- Hunyuan-DiT
 
 
@@ -338,6 +363,8 @@ CASES = [
     Case("ovis_image", make_ovis_image, fluxlike_inputs, 1.0, 0.5),
     Case("qwen_image21", make_qwen_image21, qwen_image21_inputs, 1.0, 0.5),
     Case("qwen_image21_plain", lambda: make_qwen_image21(False), qwen_image21_inputs, 1.0, 0.5),
+    Case("cogview3plus", make_cogview3plus, cogview4_inputs, 999.0, 500.0),
+    Case("glm_image", make_glm_image, glm_image_inputs, 999.0, 500.0),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 

@@ -11,7 +11,8 @@ One module per family (diffusers 0.42.1 sources; the papers are cited in each mo
 :mod:`.dit`, :mod:`.pixart`, :mod:`.sd3`, :mod:`.flux`, :mod:`.auraflow`, :mod:`.sana`,
 :mod:`.qwen_image`, :mod:`.flux2`, :mod:`.z_image`, :mod:`.chroma`, :mod:`.hidream`,
 :mod:`.lumina2`, :mod:`.cogview4`, :mod:`.hunyuan_dit`, :mod:`.krea2`, :mod:`.longcat_image`,
-:mod:`.bria`, :mod:`.bria_fibo`, :mod:`.ovis_image`, :mod:`.qwen_image21`; shared
+:mod:`.bria`, :mod:`.bria_fibo`, :mod:`.ovis_image`, :mod:`.qwen_image21`, :mod:`.cogview3plus`,
+:mod:`.glm_image`; shared
 computations in :mod:`.patterns`, the :class:`Family` type in :mod:`.base`.
 
 Every model class not listed here — and every subclass of a listed class, whose ``forward`` may
@@ -35,10 +36,12 @@ from . import (
     bria,
     bria_fibo,
     chroma,
+    cogview3plus,
     cogview4,
     dit,
     flux,
     flux2,
+    glm_image,
     hidream,
     hunyuan_dit,
     krea2,
@@ -72,7 +75,7 @@ FAMILIES: dict[type, Family] = {
     for mod in (
         *(dit, pixart, sd3, flux, auraflow, sana),
         *(qwen_image, flux2, z_image, chroma, hidream, lumina2, cogview4, hunyuan_dit, krea2),
-        *(longcat_image, bria, bria_fibo, ovis_image, qwen_image21),
+        *(longcat_image, bria, bria_fibo, ovis_image, qwen_image21, cogview3plus, glm_image),
     )
 }
 
