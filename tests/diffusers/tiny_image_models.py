@@ -14,6 +14,7 @@ from diffusers import (
     ChromaTransformer2DModel,
     CogView3PlusTransformer2DModel,
     CogView4Transformer2DModel,
+    ErnieImageTransformer2DModel,
     Flux2Transformer2DModel,
     GlmImageTransformer2DModel,
     HiDreamImageTransformer2DModel,
@@ -225,6 +226,26 @@ def glm_image_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 9
     return x
 
 
+# ----------------------------------------------------------------------------- ERNIE-Image
+
+
+def make_ernie_image() -> nn.Module:
+    return ErnieImageTransformer2DModel(
+        hidden_size=16, num_attention_heads=2, num_layers=2, ffn_hidden_size=32, in_channels=4, out_channels=4,
+        patch_size=2, text_in_dim=12, rope_axes_dim=(2, 2, 4),
+    )
+
+
+def ernie_image_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 999.0) -> dict:
+    g = _gen(seed)
+    return {
+        "hidden_states": torch.randn(batch, 4, 8, 8, generator=g).to(dtype),
+        "timestep": torch.full((batch,), float(t)).to(dtype),
+        "text_bth": torch.randn(batch, 5, 12, generator=g).to(dtype),
+        "text_lens": torch.tensor([5, 3, 4, 2][:batch]),
+    }
+
+
 # ----------------------------------------------------------------------------- Hunyuan-DiT
 
 
@@ -365,6 +386,7 @@ CASES = [
     Case("qwen_image21_plain", lambda: make_qwen_image21(False), qwen_image21_inputs, 1.0, 0.5),
     Case("cogview3plus", make_cogview3plus, cogview4_inputs, 999.0, 500.0),
     Case("glm_image", make_glm_image, glm_image_inputs, 999.0, 500.0),
+    Case("ernie_image", make_ernie_image, ernie_image_inputs, 999.0, 500.0),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 
