@@ -1,6 +1,6 @@
 """The image families (Qwen-Image, FLUX.2, Z-Image, Chroma, HiDream, Lumina2, CogView4, Hunyuan-DiT,
 Krea 2, LongCat-Image, Bria, Bria FIBO, Ovis-Image, Qwen-Image 2.1, CogView3-Plus, GLM-Image,
-ERNIE-Image): bit-equal to the uncached model, every listed site really served, keys complete, LoRA,
+ERNIE-Image, OmniGen): bit-equal to the uncached model, every listed site really served, keys complete, LoRA,
 per-call bypass, refusals.
 
 Site lists and conditioning names are written out here independently of
@@ -43,6 +43,7 @@ MODULATOR_MODULES = {
     "cogview3plus": ("time_condition_embed", "norm1.linear", "norm_out.linear"),
     "glm_image": ("time_condition_embed", "norm1.linear", "norm_out.linear"),
     "ernie_image": ("time_embedding", "adaLN_modulation", "final_norm.linear"),
+    "omnigen": ("time_token", "t_embedder", "norm_out.linear"),
     "longcat_image": ("time_embed", "norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"),
     "ovis_image": ("timestep_embedder", "norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"),
     # Bria: `time_embed` runs every call (the guidance embedding is added into it in place)
@@ -56,6 +57,7 @@ FEEDS_ONLY_SITES = {
     "hunyuan_dit": {"time_extra_emb"}, "krea2": set(), "longcat_image": {"time_embed"},
     "ovis_image": {"timestep_embedder"}, "bria": set(), "qwen_image21": {"time_text_embed"},
     "cogview3plus": {"time_condition_embed"}, "glm_image": {"time_condition_embed"}, "ernie_image": {"time_embedding"},
+    "omnigen": {"t_embedder"},
 }
 # Forward inputs (besides the timestep) that feed the modulators.
 CONDITIONING = {
@@ -192,6 +194,8 @@ def _hits(case_name: str, x: dict) -> list[tuple[str, dict]]:
                      "bria_fibo", "ovis_image", "qwen_image21", "qwen_image21_plain", "cogview4", "cogview3plus",
                      "glm_image"):
         return [("prompt", {**x, "encoder_hidden_states": x["encoder_hidden_states"] * -1})]
+    if case_name == "omnigen":
+        return [("prompt", {**x, "input_ids": x["input_ids"].flip(-1)})]
     if case_name == "ernie_image":
         return [("prompt", {**x, "text_bth": x["text_bth"] * -1})]
     if case_name == "z_image":

@@ -21,6 +21,7 @@ from diffusers import (
     HunyuanDiT2DModel,
     LongCatImageTransformer2DModel,
     Lumina2Transformer2DModel,
+    OmniGenTransformer2DModel,
     OvisImageTransformer2DModel,
     QwenImageTransformer2DModel,
     ZImageTransformer2DModel,
@@ -246,6 +247,32 @@ def ernie_image_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float =
     }
 
 
+# ----------------------------------------------------------------------------- OmniGen
+
+
+def make_omnigen() -> nn.Module:
+    return OmniGenTransformer2DModel(
+        hidden_size=16, num_attention_heads=4, num_key_value_heads=4, intermediate_size=32, num_layers=2,
+        pad_token_id=0, vocab_size=64, in_channels=4, time_step_dim=4,
+        rope_scaling={"long_factor": [1.0, 2.0], "short_factor": [1.0, 2.0]},
+    )
+
+
+def omnigen_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 1.0) -> dict:
+    g = _gen(seed)
+    text, image = 5, 16
+    seq = text + 1 + image
+    return {
+        "hidden_states": torch.randn(batch, 4, 8, 8, generator=g).to(dtype),
+        "timestep": torch.full((batch,), float(t)).to(dtype),
+        "input_ids": torch.randint(1, 64, (batch, text), generator=g),
+        "input_img_latents": [],
+        "input_image_sizes": {},
+        "attention_mask": torch.ones(batch, seq, seq).to(dtype),
+        "position_ids": torch.arange(seq).repeat(batch, 1),
+    }
+
+
 # ----------------------------------------------------------------------------- Hunyuan-DiT
 
 
@@ -387,6 +414,7 @@ CASES = [
     Case("cogview3plus", make_cogview3plus, cogview4_inputs, 999.0, 500.0),
     Case("glm_image", make_glm_image, glm_image_inputs, 999.0, 500.0),
     Case("ernie_image", make_ernie_image, ernie_image_inputs, 999.0, 500.0),
+    Case("omnigen", make_omnigen, omnigen_inputs, 1.0, 0.5),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 
