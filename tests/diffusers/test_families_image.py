@@ -1,6 +1,6 @@
 """The image families (Qwen-Image, FLUX.2, Z-Image, Chroma, HiDream, Lumina2, CogView4, Hunyuan-DiT,
 Krea 2, LongCat-Image, Bria, Bria FIBO, Ovis-Image, Qwen-Image 2.1, CogView3-Plus, GLM-Image,
-ERNIE-Image, OmniGen): bit-equal to the uncached model, every listed site really served, keys complete, LoRA,
+ERNIE-Image, OmniGen, HunyuanImage 2.1): bit-equal to the uncached model, every listed site really served, keys complete, LoRA,
 per-call bypass, refusals.
 
 Site lists and conditioning names are written out here independently of
@@ -44,6 +44,9 @@ MODULATOR_MODULES = {
     "glm_image": ("time_condition_embed", "norm1.linear", "norm_out.linear"),
     "ernie_image": ("time_embedding", "adaLN_modulation", "final_norm.linear"),
     "omnigen": ("time_token", "t_embedder", "norm_out.linear"),
+    # norm_out.linear also names the token refiner blocks' gates
+    "hunyuan_image": ("time_guidance_embed", "norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear",
+                      "context_embedder.time_text_embed"),
     "longcat_image": ("time_embed", "norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"),
     "ovis_image": ("timestep_embedder", "norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"),
     # Bria: `time_embed` runs every call (the guidance embedding is added into it in place)
@@ -57,13 +60,15 @@ FEEDS_ONLY_SITES = {
     "hunyuan_dit": {"time_extra_emb"}, "krea2": set(), "longcat_image": {"time_embed"},
     "ovis_image": {"timestep_embedder"}, "bria": set(), "qwen_image21": {"time_text_embed"},
     "cogview3plus": {"time_condition_embed"}, "glm_image": {"time_condition_embed"}, "ernie_image": {"time_embedding"},
-    "omnigen": {"t_embedder"},
+    "omnigen": {"t_embedder"}, "hunyuan_image": {"time_guidance_embed", "context_embedder.time_text_embed"},
 }
 # Forward inputs (besides the timestep) that feed the modulators.
 CONDITIONING = {
     "qwen_image_layered": ("additional_t_cond",), "flux2_dev": ("guidance",), "hidream": ("pooled_embeds",),
     "cogview4": ("original_size", "target_size", "crop_coords"),
     "cogview3plus": ("original_size", "target_size", "crop_coords"), "glm_image": ("target_size", "crop_coords"),
+    "hunyuan_image": ("encoder_hidden_states", "encoder_attention_mask"),
+    "hunyuan_image_distilled": ("encoder_hidden_states", "encoder_attention_mask", "guidance", "timestep_r"),
     "hunyuan_dit": ("encoder_hidden_states_t5", "image_meta_size", "style"),
     "hunyuan_dit_12": ("encoder_hidden_states_t5",), "bria_fibo": ("guidance",),
 }
@@ -136,9 +141,12 @@ def test_precomputed_schedule_runs_with_every_modulator_weight_gone(case):
     extra = case.inputs(2, torch.float32, seed=0, t=case.t_lo / 3)
     extra_reference = forward(model, extra)
     cache = apply_modulator_cache(model, ModulatorCacheConfig(offload_weights=True, samples_per_tensor=0, probe="never"))
-    cond = {k: steps[0][k] for k in CONDITIONING.get(case.name, ())}
-    report = precompute(model, [s[_t_arg(case.name)] for s in steps], **cond)
-    assert report.computed == len(steps)
+    # one precompute per step: some conditioning (MeanFlow's timestep_r) changes with the step
+    computed = sum(
+        precompute(model, [s[_t_arg(case.name)]], **{k: s[k] for k in CONDITIONING.get(case.name, ())}).computed
+        for s in steps
+    )
+    assert computed == len(steps)
     assert _to_meta(model, MODULATOR_MODULES[_family_key(case.name)]) > 0
     cache.core._snapshot = None  # the meta weights are the new baseline (the proof is about use)
     outputs = [forward(model, s) for s in steps]
@@ -183,6 +191,14 @@ def _misses(case_name: str, x: dict) -> list[tuple[str, dict]]:
         out.append(("crop_coords", {**x, "crop_coords": x["crop_coords"] + 1}))
     if case_name.startswith("hunyuan_dit"):
         out.append(("t5_one_ulp", {**x, "encoder_hidden_states_t5": _one_ulp(x["encoder_hidden_states_t5"])}))
+    if case_name.startswith("hunyuan_image"):
+        out.append(("text_one_ulp", {**x, "encoder_hidden_states": _one_ulp(x["encoder_hidden_states"])}))
+        mask = x["encoder_attention_mask"].clone()
+        mask[0, -1] = 0
+        out.append(("text_mask", {**x, "encoder_attention_mask": mask}))
+    if case_name == "hunyuan_image_distilled":
+        out.append(("guidance", {**x, "guidance": x["guidance"] + 1.0}))
+        out.append(("timestep_r", {**x, "timestep_r": _ulp(x["timestep_r"])}))
     if case_name == "hunyuan_dit":
         out.append(("image_meta_size", {**x, "image_meta_size": x["image_meta_size"] * 2}))
     return out
@@ -241,6 +257,7 @@ LORA_TARGETS = {
     "cogview4": ["norm1.linear", "norm_out.linear"],
     "krea2": ["time_mod_proj"],
     "qwen_image21": ["modulation.1", "norm_out.linear"],
+    "hunyuan_image": ["norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"],
     "bria": ["norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"],
     "ovis_image": ["norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"],
 }

@@ -19,6 +19,7 @@ from diffusers import (
     GlmImageTransformer2DModel,
     HiDreamImageTransformer2DModel,
     HunyuanDiT2DModel,
+    HunyuanImageTransformer2DModel,
     LongCatImageTransformer2DModel,
     Lumina2Transformer2DModel,
     OmniGenTransformer2DModel,
@@ -273,6 +274,35 @@ def omnigen_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 1.0
     }
 
 
+# ----------------------------------------------------------------------------- HunyuanImage 2.1
+
+
+def make_hunyuan_image(guidance: bool = False, meanflow: bool = False) -> nn.Module:
+    return HunyuanImageTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        num_single_layers=1, num_refiner_layers=2, patch_size=(1, 1), guidance_embeds=guidance, text_embed_dim=12,
+        rope_axes_dim=(4, 4), use_meanflow=meanflow,
+    )
+
+
+def hunyuan_image_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 999.0, *,
+                         guidance: bool = False, meanflow: bool = False) -> dict:
+    g = _gen(seed)
+    mask = torch.ones(batch, 5, dtype=torch.long)
+    mask[1:, 3:] = 0  # padded prompts in the other rows
+    out = {
+        "hidden_states": torch.randn(batch, 4, 4, 4, generator=g).to(dtype),
+        "timestep": torch.full((batch,), float(t)).to(dtype),
+        "encoder_hidden_states": torch.randn(batch, 5, 12, generator=g).to(dtype),
+        "encoder_attention_mask": mask,
+    }
+    if guidance:
+        out["guidance"] = torch.full((batch,), 3500.0).to(dtype)
+    if meanflow:
+        out["timestep_r"] = torch.full((batch,), float(t) / 2).to(dtype)
+    return out
+
+
 # ----------------------------------------------------------------------------- Hunyuan-DiT
 
 
@@ -415,6 +445,9 @@ CASES = [
     Case("glm_image", make_glm_image, glm_image_inputs, 999.0, 500.0),
     Case("ernie_image", make_ernie_image, ernie_image_inputs, 999.0, 500.0),
     Case("omnigen", make_omnigen, omnigen_inputs, 1.0, 0.5),
+    Case("hunyuan_image", make_hunyuan_image, hunyuan_image_inputs, 999.0, 500.0),
+    Case("hunyuan_image_distilled", lambda: make_hunyuan_image(True, True),
+         lambda *a, **k: hunyuan_image_inputs(*a, guidance=True, meanflow=True, **k), 999.0, 500.0),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 
