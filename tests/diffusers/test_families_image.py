@@ -373,3 +373,27 @@ def test_compiled_model_does_not_recompile_per_step(name):
     for ref, out in zip(eager + eager, outs):
         assert torch.equal(ref, out)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_compute_modulators_armed_into_the_slots_reproduce_the_forward(case):
+    """``compute_modulators`` (the ``mods=`` layout) gives the tensors the forward computes."""
+    from fusion_diffusers.slots import SlotTable
+
+    model = build(case)
+    x = case.inputs(2, torch.float32, t=case.t_lo)
+    reference = forward(model, x)
+    cond = {k: x[k] for k in CONDITIONING.get(case.name, ())}
+    mods = compute_modulators(model, x[_t_arg(case.name)], hidden_dtype=torch.float32, **cond)
+    table = SlotTable.acquire(model, "test")
+    previous = table.arm({k: (tuple(v) if isinstance(v, tuple) else v * 1.5) for k, v in mods.values.items()})
+    try:
+        assert not torch.equal(forward(model, x), reference)  # the armed values are what runs
+    finally:
+        table.restore(previous)
+    previous = table.arm(mods.values)
+    try:
+        assert torch.equal(forward(model, x), reference)
+    finally:
+        table.restore(previous)
+        table.release("test")
