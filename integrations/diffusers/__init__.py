@@ -4,8 +4,10 @@ Supported: DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DMode
 FluxTransformer2DModel, AuraFlowTransformer2DModel, SanaTransformer2DModel,
 QwenImageTransformer2DModel, Flux2Transformer2DModel, ZImageTransformer2DModel,
 ChromaTransformer2DModel, HiDreamImageTransformer2DModel, Lumina2Transformer2DModel,
-CogView4Transformer2DModel, HunyuanDiT2DModel, Krea2Transformer2DModel (``families.FAMILIES``;
-others are refused, naming the class).
+CogView4Transformer2DModel, HunyuanDiT2DModel, Krea2Transformer2DModel and further image
+classes (Qwen-Image 2.1, LongCat-Image, Ovis-Image, Bria, Bria FIBO, HunyuanImage 2.1,
+CogView3-Plus, GLM-Image, ERNIE-Image, OmniGen; ``families.FAMILIES``); others are refused,
+naming the class.
 
 Quick start::
 

@@ -397,3 +397,18 @@ def test_compute_modulators_armed_into_the_slots_reproduce_the_forward(case):
     finally:
         table.restore(previous)
         table.release("test")
+
+
+@pytest.mark.parametrize("name", ["qwen_image_layered", "flux2_dev"])
+def test_autocast_calls_run_uncached_and_exact(name):
+    """Under autocast the forwards cast modulator inputs to activation dtypes the call's inputs do
+    not show (Qwen-Image-Layered's `addition_t_emb.to(hidden dtype)` after `img_in`): such calls
+    are computed, not replayed."""
+    case = CASE_BY_NAME[name]
+    model = build(case)
+    x = case.inputs(2, torch.float32, t=0.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = forward(model, x)
+        cache = apply_modulator_cache(model)
+        assert torch.equal(forward(model, x), reference) and torch.equal(forward(model, x), reference)
+    assert cache.stats.bypassed == 2 and cache.stats.misses == 0

@@ -91,7 +91,11 @@ class Family:
     def call_conditioning(self, model: nn.Module, args: tuple, kwargs: dict) -> CallConditioning | None:
         """Bind a forward call's arguments and pick out what the modulators depend on.
 
-        Returns None when ``uncacheable_call`` names a reason this call cannot be served.
+        Returns None when ``uncacheable_call`` names a reason this call cannot be served, and
+        under ``torch.autocast``: the forwards take the dtype of their modulator inputs from
+        intermediate activations (``timestep.to(x_embedder(x).dtype)``, ``emb.to(hidden.dtype)``)
+        that autocast changes, which a computation from the call's inputs cannot reproduce
+        bit for bit.
         """
         bound = _forward_signature(self.model_class).bind(model, *args, **kwargs)
         arguments = bound.arguments
@@ -107,6 +111,8 @@ class Family:
                 f"{self.model_class.__name__}: the modulator cache needs `{self.timestep_arg}` as a "
                 f"torch.Tensor, got {type(timestep).__name__}"
             )
+        if torch.is_autocast_enabled(timestep.device.type):
+            return None
         values = {name: arguments.get(name) for name in self.conditioning}
         if "batch_size" in values:  # not a forward argument: the models take it from the latents
             values["batch_size"] = hidden_states.shape[0] if batch is None else batch
