@@ -1,6 +1,6 @@
 """The image families (Qwen-Image, FLUX.2, Z-Image, Chroma, HiDream, Lumina2, CogView4, Hunyuan-DiT,
 Krea 2, LongCat-Image, Bria, Bria FIBO, Ovis-Image, Qwen-Image 2.1, CogView3-Plus, GLM-Image,
-ERNIE-Image, OmniGen, HunyuanImage 2.1): bit-equal to the uncached model, every listed site really served, keys complete, LoRA,
+ERNIE-Image, OmniGen, HunyuanImage 2.1, Nucleus-MoE-Image): bit-equal to the uncached model, every listed site really served, keys complete, LoRA,
 per-call bypass, refusals.
 
 Site lists and conditioning names are written out here independently of
@@ -44,6 +44,7 @@ MODULATOR_MODULES = {
     "glm_image": ("time_condition_embed", "norm1.linear", "norm_out.linear"),
     "ernie_image": ("time_embedding", "adaLN_modulation", "final_norm.linear"),
     "omnigen": ("time_token", "t_embedder", "norm_out.linear"),
+    "nucleusmoe_image": ("time_text_embed", "img_mod", "norm_out.linear"),
     # norm_out.linear also names the token refiner blocks' gates
     "hunyuan_image": ("time_guidance_embed", "norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear",
                       "context_embedder.time_text_embed"),
@@ -60,7 +61,7 @@ FEEDS_ONLY_SITES = {
     "hunyuan_dit": {"time_extra_emb"}, "krea2": set(), "longcat_image": {"time_embed"},
     "ovis_image": {"timestep_embedder"}, "bria": set(), "qwen_image21": {"time_text_embed"},
     "cogview3plus": {"time_condition_embed"}, "glm_image": {"time_condition_embed"}, "ernie_image": {"time_embedding"},
-    "omnigen": {"t_embedder"}, "hunyuan_image": {"time_guidance_embed", "context_embedder.time_text_embed"},
+    "omnigen": {"t_embedder"}, "nucleusmoe_image": set(),  # the expert router reads temb "hunyuan_image": {"time_guidance_embed", "context_embedder.time_text_embed"},
 }
 # Forward inputs (besides the timestep) that feed the modulators.
 CONDITIONING = {
@@ -208,7 +209,7 @@ def _hits(case_name: str, x: dict) -> list[tuple[str, dict]]:
     """Inputs the modulators do not depend on: changing them must reuse the entry."""
     if case_name in ("qwen_image", "flux2_dev", "chroma", "lumina2", "krea2", "longcat_image", "bria",
                      "bria_fibo", "ovis_image", "qwen_image21", "qwen_image21_plain", "cogview4", "cogview3plus",
-                     "glm_image"):
+                     "glm_image", "nucleusmoe_image"):
         return [("prompt", {**x, "encoder_hidden_states": x["encoder_hidden_states"] * -1})]
     if case_name == "omnigen":
         return [("prompt", {**x, "input_ids": x["input_ids"].flip(-1)})]
@@ -258,6 +259,7 @@ LORA_TARGETS = {
     "krea2": ["time_mod_proj"],
     "qwen_image21": ["modulation.1", "norm_out.linear"],
     "hunyuan_image": ["norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"],
+    "nucleusmoe_image": ["img_mod.1", "norm_out.linear"],
     "bria": ["norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"],
     "ovis_image": ["norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear"],
 }

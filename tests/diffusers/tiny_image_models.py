@@ -22,6 +22,7 @@ from diffusers import (
     HunyuanImageTransformer2DModel,
     LongCatImageTransformer2DModel,
     Lumina2Transformer2DModel,
+    NucleusMoEImageTransformer2DModel,
     OmniGenTransformer2DModel,
     OvisImageTransformer2DModel,
     QwenImageTransformer2DModel,
@@ -303,6 +304,25 @@ def hunyuan_image_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float
     return out
 
 
+# ----------------------------------------------------------------------------- Nucleus-MoE-Image
+
+
+def make_nucleusmoe_image() -> nn.Module:
+    return NucleusMoEImageTransformer2DModel(
+        # 5 layers: the default strategy keeps blocks 0-2 and the last dense, so block 3 routes experts
+        patch_size=2, in_channels=8, out_channels=2, num_layers=5, attention_head_dim=8, num_attention_heads=2,
+        num_key_value_heads=2, joint_attention_dim=12, axes_dims_rope=(2, 2, 4), moe_enabled=True,
+        dense_moe_strategy="leave_first_three_and_last_block_dense", num_experts=4, moe_intermediate_dim=8,
+        capacity_factors=1.0,
+    )
+
+
+def nucleusmoe_image_inputs(batch: int, dtype: torch.dtype, seed: int = 0, t: float = 1.0) -> dict:
+    x = qwen_image_inputs(batch, dtype, seed, t)
+    x["img_shapes"] = x["img_shapes"][0]
+    return x
+
+
 # ----------------------------------------------------------------------------- Hunyuan-DiT
 
 
@@ -446,6 +466,7 @@ CASES = [
     Case("ernie_image", make_ernie_image, ernie_image_inputs, 999.0, 500.0),
     Case("omnigen", make_omnigen, omnigen_inputs, 1.0, 0.5),
     Case("hunyuan_image", make_hunyuan_image, hunyuan_image_inputs, 999.0, 500.0),
+    Case("nucleusmoe_image", make_nucleusmoe_image, nucleusmoe_image_inputs, 1.0, 0.5),
     Case("hunyuan_image_distilled", lambda: make_hunyuan_image(True, True),
          lambda *a, **k: hunyuan_image_inputs(*a, guidance=True, meanflow=True, **k), 999.0, 500.0),
 ]

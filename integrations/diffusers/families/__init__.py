@@ -12,7 +12,8 @@ One module per family (diffusers 0.42.1 sources; the papers are cited in each mo
 :mod:`.qwen_image`, :mod:`.flux2`, :mod:`.z_image`, :mod:`.chroma`, :mod:`.hidream`,
 :mod:`.lumina2`, :mod:`.cogview4`, :mod:`.hunyuan_dit`, :mod:`.krea2`, :mod:`.longcat_image`,
 :mod:`.bria`, :mod:`.bria_fibo`, :mod:`.ovis_image`, :mod:`.qwen_image21`, :mod:`.cogview3plus`,
-:mod:`.glm_image`, :mod:`.ernie_image`, :mod:`.omnigen`, :mod:`.hunyuan_image`; shared
+:mod:`.glm_image`, :mod:`.ernie_image`, :mod:`.omnigen`, :mod:`.hunyuan_image`,
+:mod:`.nucleusmoe_image`; shared
 computations in :mod:`.patterns`, the :class:`Family` type in :mod:`.base`.
 
 Every model class not listed here — and every subclass of a listed class, whose ``forward`` may
@@ -49,6 +50,7 @@ from . import (
     krea2,
     longcat_image,
     lumina2,
+    nucleusmoe_image,
     omnigen,
     ovis_image,
     pixart,
@@ -79,7 +81,7 @@ FAMILIES: dict[type, Family] = {
         *(dit, pixart, sd3, flux, auraflow, sana),
         *(qwen_image, flux2, z_image, chroma, hidream, lumina2, cogview4, hunyuan_dit, krea2),
         *(longcat_image, bria, bria_fibo, ovis_image, qwen_image21, cogview3plus, glm_image, ernie_image, omnigen),
-        *(hunyuan_image,),
+        *(hunyuan_image, nucleusmoe_image),
     )
 }
 
