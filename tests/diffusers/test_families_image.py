@@ -61,7 +61,8 @@ FEEDS_ONLY_SITES = {
     "hunyuan_dit": {"time_extra_emb"}, "krea2": set(), "longcat_image": {"time_embed"},
     "ovis_image": {"timestep_embedder"}, "bria": set(), "qwen_image21": {"time_text_embed"},
     "cogview3plus": {"time_condition_embed"}, "glm_image": {"time_condition_embed"}, "ernie_image": {"time_embedding"},
-    "omnigen": {"t_embedder"}, "nucleusmoe_image": set(),  # the expert router reads temb "hunyuan_image": {"time_guidance_embed", "context_embedder.time_text_embed"},
+    "omnigen": {"t_embedder"}, "nucleusmoe_image": set(),  # the expert router reads temb
+    "hunyuan_image": {"time_guidance_embed", "context_embedder.time_text_embed"},
 }
 # Forward inputs (besides the timestep) that feed the modulators.
 CONDITIONING = {
