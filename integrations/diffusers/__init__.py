@@ -1,11 +1,17 @@
 """fusion_diffusers: a lossless adaLN modulator cache for diffusers DiT transformers and pipelines.
 
 Supported: DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel,
-FluxTransformer2DModel, AuraFlowTransformer2DModel, SanaTransformer2DModel; video and audio-video:
+FluxTransformer2DModel, AuraFlowTransformer2DModel, SanaTransformer2DModel,
+QwenImageTransformer2DModel, Flux2Transformer2DModel, ZImageTransformer2DModel,
+ChromaTransformer2DModel, HiDreamImageTransformer2DModel, Lumina2Transformer2DModel,
+CogView4Transformer2DModel, HunyuanDiT2DModel, Krea2Transformer2DModel and further image
+classes (Qwen-Image 2.1, LongCat-Image, Ovis-Image, Bria, Bria FIBO, HunyuanImage 2.1,
+CogView3-Plus, GLM-Image, ERNIE-Image, OmniGen); video and audio-video:
 WanTransformer3DModel, WanVACETransformer3DModel, SkyReelsV2Transformer3DModel,
 HunyuanVideoTransformer3DModel, HunyuanVideo15Transformer3DModel, LTXVideoTransformer3DModel,
 LTX2VideoTransformer3DModel, MiniMaxH3Transformer3DModel, CogVideoXTransformer3DModel,
-SanaVideoTransformer3DModel, MochiTransformer3DModel (others are refused, naming the class).
+SanaVideoTransformer3DModel, MochiTransformer3DModel and more (``families.FAMILIES``); others
+are refused, naming the class.
 
 Quick start::
 

@@ -326,6 +326,9 @@ class ModulatorCache(ModelHook):
         self._lora_merged = lora_merged
 
         cond = self.family.call_conditioning(module, args, kwargs)
+        if cond is None:  # a call form the family cannot serve from one entry (Family.uncacheable_call)
+            self.core.stats.bypassed += 1
+            return None
         t_host = cond.timestep.detach().to("cpu")
         stream, key = self._key(cond, t_host, lora_key)
 
@@ -421,7 +424,9 @@ def apply_modulator_cache(transformer: nn.Module, config: ModulatorCacheConfig |
     Args:
         transformer: ``DiTTransformer2DModel``, ``PixArtTransformer2DModel``,
             ``SD3Transformer2DModel``, ``FluxTransformer2DModel``, ``AuraFlowTransformer2DModel``
-            or ``SanaTransformer2DModel`` (or a ``torch.compile`` wrapper of one). Any other class is refused with
+            or ``SanaTransformer2DModel``, or one of the image families in
+            :data:`fusion_diffusers.families.FAMILIES` (Qwen-Image, FLUX.2, Z-Image, …), or a
+            ``torch.compile`` wrapper of one. Any other class is refused with
             :class:`fusion_diffusers.UnsupportedModelError` naming it.
         config: :class:`ModulatorCacheConfig` (defaults when None).
 
