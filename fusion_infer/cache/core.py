@@ -281,6 +281,10 @@ class CacheCore:
         self._probe_pending = True
         self._verify_pending = True
 
+    def request_verify(self) -> None:
+        """Make the next :meth:`validate` compare the exact digests (without the bitwise probe)."""
+        self._verify_pending = True
+
     def new_render(self) -> None:
         """Mark the start of a render: the next :meth:`validate` compares the exact digests of
         every watched tensor (any change down to one bit drops the table) and runs the probe."""
