@@ -277,7 +277,6 @@ def test_edit_is_never_replayed_stale(sc: SuiteCase, edit: Edit):
         assert not same(after[2], before), "the edit does not change the uncached output"
         if edit.seen == "lookup":
             assert same(cached(steps[2]), after[2])  # the very next call
-            assert cache.stats.invalidations > 0
         else:
             cached(steps[2])  # inside this render the edit may stay unseen (documented)
         cache.new_render()  # a pipeline call ended: the next render starts
