@@ -133,6 +133,8 @@ def _words(t: Tensor) -> Tensor:
     if t.is_complex():
         t = torch.view_as_real(t)
     flat = t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
+    if flat.numel() == 1 and flat.stride(0) != 1:  # a one-element view may keep any stride
+        flat = flat.as_strided((1,), (1,))
     if flat.dtype == torch.bool:
         flat = flat.view(torch.uint8)
     raw = flat.view(torch.uint8)
