@@ -20,6 +20,7 @@ from fusion_infer.cache.fingerprint import (
 )
 from fusion_infer.cache.weight_watch import WeightWatcher
 
+
 @pytest.fixture(autouse=True)
 def _one_intra_op_thread():
     previous = torch.get_num_threads()
