@@ -34,10 +34,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import environment, md_table, write_report  # noqa: E402
+from fusion_diffusers.families import resolve_family, site_paths  # noqa: E402
 from offload_memory import MODELS, _inputs, dit_xl, flux_dev, sd3_medium  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from fusion_diffusers.families import resolve_family, site_paths  # noqa: E402
 from fusion_infer.cache.fingerprint import digest_tensors, digests_to_host  # noqa: E402
 from fusion_infer.cache.weight_watch import WeightWatcher  # noqa: E402
 
