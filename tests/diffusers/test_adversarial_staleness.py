@@ -437,3 +437,51 @@ def test_dit_one_class_row_edit_is_seen_at_the_next_render_and_not_replayed_fore
                 ref = forward(model, x)
             assert torch.equal(forward(model, x), ref)
     assert cache.stats.invalidations_by_reason["digest"] == 1
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+
+def _pipeline(name: str):
+    import test_diffusers_pipelines as tp
+
+    return {"dit": tp._dit_pipe, "sd3": tp._sd3_pipe, "flux_dev": tp._flux_pipe}[name]()
+
+
+def _render(pipe, kwargs):
+    import test_diffusers_pipelines as tp
+
+    return tp._render(pipe, kwargs)
+
+
+@pytest.mark.parametrize("name", ["dit", pytest.param("sd3", marks=pytest.mark.slow), pytest.param("flux_dev", marks=pytest.mark.slow)])
+def test_pipeline_sparse_edit_seen_at_the_next_call_and_to_round_trips_exact(name):
+    from fusion_diffusers import enable_modulator_cache
+
+    pipe, kwargs = _pipeline(name)
+    plain = _render(pipe, kwargs)
+    cache = enable_modulator_cache(pipe)
+    assert torch.equal(_render(pipe, kwargs), plain)
+    assert torch.equal(_render(pipe, kwargs), plain) and cache.stats.hits > 0
+    # A one-row .data edit between two pipeline calls: seen before the next call replays.
+    w = _primary(pipe.transformer)
+    with torch.no_grad():
+        w.data[1, 1:] += 0.5
+    with cache.disabled():
+        edited = _render(pipe, kwargs)
+    assert not torch.equal(edited, plain)
+    assert torch.equal(_render(pipe, kwargs), edited)
+    # pipe.to(dtype) and back: new storage both times, outputs exact.
+    pipe.to(torch.float64)
+    pipe.to(torch.float32)
+    assert torch.equal(_render(pipe, kwargs), edited)
+    # A deep copy of the whole pipeline follows its own transformer.
+    twin = copy.deepcopy(pipe)
+    with torch.no_grad():
+        _primary(twin.transformer).data[2, 1:] -= 0.5
+    twin_cache = get_modulator_cache(twin.transformer)
+    with twin_cache.disabled():
+        twin_ref = _render(twin, kwargs)
+    assert not torch.equal(twin_ref, edited)
+    assert torch.equal(_render(twin, kwargs), twin_ref)
+    assert torch.equal(_render(pipe, kwargs), edited)
