@@ -223,14 +223,16 @@ class CacheCore:
             due = self._verify_pending or (
                 self.probe_every is not None and self._since_probe >= self.probe_every
             )
+            if tensors is None:
+                tensors = self.watcher.tensors()
             if len(self.store) == 0:
-                # Nothing cached can be stale; the next put() snapshots the weights it used.
-                self._snapshot = None
+                # Nothing cached can be stale: only make sure the snapshot describes the weights
+                # now, taken here (at rest — glue may stream weights elsewhere to compute).
+                if self._snapshot is None or self.watcher.changed(self._snapshot, tensors) is not None:
+                    self._snapshot = self.watcher.snapshot(tensors)
                 self._verify_pending = False
                 self._probe_pending = False
                 return
-            if tensors is None:
-                tensors = self.watcher.tensors()
             if self._snapshot is None:
                 self._snapshot = self.watcher.snapshot(tensors)
             else:
