@@ -220,9 +220,8 @@ class CacheCore:
         """
         with self.lock:
             self._since_probe += 1
-            due = self._verify_pending or (
-                self.probe_every is not None and self._since_probe >= self.probe_every
-            )
+            count_due = self.probe_every is not None and self._since_probe >= self.probe_every
+            due = self._verify_pending or count_due
             if tensors is None:
                 tensors = self.watcher.tensors()
             if len(self.store) == 0:
@@ -244,7 +243,7 @@ class CacheCore:
                 if reason is not None:
                     self.invalidate(reason)
                     return
-            if self._probe_pending or due:
+            if self._probe_pending or count_due:
                 self.run_probe()
 
     @property
