@@ -16,6 +16,9 @@ What is timed (``python benchmarks/fingerprint_cost.py``; GPU: ``--device cuda``
   FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (full model
   at 256² / 1024² resolution vs the reduced model as timed), times 28 steps.
 
+Digest and reduced step are timed A/B interleaved (alternating order each repeat) after a
+warm-up; medians.
+
 Ratios: ``verify="render"`` = one digest + 28 per-lookup checks per render;
 ``verify="lookup"`` = 28 digests + 28 per-lookup checks. Target: ≤ 1 % for ``verify="render"``.
 The load average is recorded: the machine these numbers come from is shared.
@@ -108,23 +111,22 @@ def step_flops(name: str, dtype: torch.dtype) -> tuple[int, int]:
     return count_flops(full, full_inputs(name, dtype)), count_flops(reduced, small)
 
 
-def time_reduced_step(name: str, device: torch.device, dtype: torch.dtype, repeats: int) -> float:
+def reduced_step(name: str, device: torch.device, dtype: torch.dtype):
+    """A callable running one uncached reduced-depth step (warmed up)."""
     torch.manual_seed(0)
     model = MODELS[name][1]().to(device, dtype).eval()
     x = _inputs(name, MODELS[name][2], 500, device, dtype)
-    times = []
-    with torch.no_grad():
-        model(**x)
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
+
+    def step() -> None:
+        with torch.no_grad():
             model(**x)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+    step()
+    return step
 
 
-def time_digests(meta: list[torch.Tensor], device: torch.device, dtype: torch.dtype, repeats: int) -> dict:
+def digest_setup(meta: list[torch.Tensor], device: torch.device, dtype: torch.dtype):
+    """One real tensor per distinct (shape, dtype) of ``meta`` and how often each occurs."""
     shapes: dict[tuple, int] = {}
     for t in meta:
         key = (tuple(t.shape), dtype if t.is_floating_point() else t.dtype)
@@ -134,40 +136,64 @@ def time_digests(meta: list[torch.Tensor], device: torch.device, dtype: torch.dt
         k: (torch.randn(k[0], generator=g).to(device, k[1]) if k[1].is_floating_point else torch.zeros(k[0], dtype=k[1], device=device))
         for k in shapes
     }
-    times: dict[tuple, list[float]] = {k: [] for k in shapes}
-    for _ in range(2):  # warm-up
-        for t in reals.values():
-            digests_to_host(digest_tensors([t]))
-    for _ in range(repeats):
-        for k, t in reals.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            digest_tensors([t])
-            _sync(device)
-            times[k].append(time.perf_counter() - t0)
-    per_shape = {k: statistics.median(v) for k, v in times.items()}
-    total = sum(per_shape[k] * n for k, n in shapes.items())
+    for t in reals.values():  # warm-up
+        digests_to_host(digest_tensors([t]))
+    return shapes, reals
+
+
+def time_digest_once(shapes: dict, reals: dict, device: torch.device) -> float:
+    """Seconds to digest every watched tensor once: Σ over shapes of count × time(shape)."""
+    total = 0.0
+    for k, t in reals.items():
+        _sync(device)
+        t0 = time.perf_counter()
+        digest_tensors([t])
+        _sync(device)
+        total += (time.perf_counter() - t0) * shapes[k]
+    return total
+
+
+def time_step_once(step, device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def measure(name: str, device: torch.device, dtype: torch.dtype, repeats: int) -> dict:
+    """Digest and reduced step timed A/B interleaved (alternating order), medians."""
+    meta = watched_on_meta(name)
+    shapes, reals = digest_setup(meta, device, dtype)
+    step = reduced_step(name, device, dtype)
+    dig, stp = [], []
+    for r in range(repeats):
+        if r % 2 == 0:
+            dig.append(time_digest_once(shapes, reals, device))
+            stp.append(time_step_once(step, device))
+        else:
+            stp.append(time_step_once(step, device))
+            dig.append(time_digest_once(shapes, reals, device))
     nbytes = sum(reals[k].numel() * reals[k].element_size() * n for k, n in shapes.items())
     # Per-lookup checks over as many live tensor objects as the model watches (views of the
     # per-shape tensors: identity reads and sampled reads cost the same).
     live = [reals[(tuple(t.shape), dtype if t.is_floating_point() else t.dtype)].view(t.shape) for t in meta]
     watcher = WeightWatcher(live, samples_per_tensor=16)
     snap = watcher.snapshot(full=False)
-    lk = []
+    lk, sync_t = [], []
+    digests = digest_tensors(list(reals.values()))
     for _ in range(repeats):
         t0 = time.perf_counter()
         assert watcher.changed(snap) is None
         lk.append(time.perf_counter() - t0)
-    sync_t = []
-    dig = digest_tensors(list(reals.values()))
-    for _ in range(repeats):
         t0 = time.perf_counter()
-        digests_to_host(dig)
+        digests_to_host(digests)
         sync_t.append(time.perf_counter() - t0)
+    digest_s = statistics.median(dig) + statistics.median(sync_t)
     return {
         "tensors": len(meta), "distinct_shapes": len(shapes), "bytes": nbytes,
-        "digest_s": total + statistics.median(sync_t), "digest_gb_per_s": nbytes / total / 1e9,
-        "per_lookup_check_s": statistics.median(lk),
+        "digest_s": digest_s, "digest_gb_per_s": nbytes / statistics.median(dig) / 1e9,
+        "per_lookup_check_s": statistics.median(lk), "reduced_step_s": statistics.median(stp),
     }
 
 
@@ -187,16 +213,15 @@ def main() -> None:
     load_before = os.getloadavg()
     rows = []
     for name in args.models:
-        meta = watched_on_meta(name)
-        dig = time_digests(meta, device, dtype, args.repeats)
+        dig = measure(name, device, dtype, args.repeats)
         full_f, red_f = step_flops(name, dtype)
-        step_s = time_reduced_step(name, device, dtype, args.repeats)
+        step_s = dig["reduced_step_s"]
         render_s = STEPS * step_s * full_f / red_f
         render_mode = dig["digest_s"] + STEPS * dig["per_lookup_check_s"]
         lookup_mode = STEPS * (dig["digest_s"] + dig["per_lookup_check_s"])
         row = {
             "model": name, "render": FULL[name][1], "reduced_step": MODELS[name][3],
-            **dig, "reduced_step_s": step_s, "full_step_flops": full_f, "reduced_step_flops": red_f,
+            **dig, "full_step_flops": full_f, "reduced_step_flops": red_f,
             "render_s_estimate": render_s,
             "verify_render_share": render_mode / render_s, "verify_lookup_share": lookup_mode / render_s,
         }
@@ -226,7 +251,7 @@ def markdown(data: dict) -> str:
         f"Load average before {tuple(round(x, 2) for x in data['loadavg_before'])}, after "
         f"{tuple(round(x, 2) for x in data['loadavg_after'])} (shared machine: absolute times are inflated).",
         md_table(head, rows),
-        "Method: digest time is summed per distinct tensor shape over the modulator tensors of the "
+        "Method (digest and step timed A/B interleaved, medians): digest time is summed per distinct tensor shape over the modulator tensors of the "
         "published model (listed on the meta device); the render is one reduced-depth step timed at "
         "the published width and 256 image tokens, scaled by FLOPs (FlopCounterMode on meta: full "
         "model at the published resolution / reduced model as timed) and by 28 steps. "
