@@ -165,4 +165,6 @@ def test_probe_always_verifies_every_replayed_entry():
     with torch.no_grad():
         model.transformer_blocks[0].norm1.emb.class_embedder.embedding_table.weight.data[3, 0] += 1.0
     _check(model, cache, x)  # label 3 is in the batch: its row changed, the hit must be refreshed
-    assert cache.stats.probe_failures == 1 and cache.stats.probes >= 2
+    # The repeated timestep also marks a render start, whose exact digest sees the edit first.
+    assert cache.stats.probes >= 2
+    assert cache.stats.probe_failures + cache.stats.invalidations_by_reason["digest"] == 1
