@@ -61,21 +61,31 @@ def _train(
     log: Callable[[str], None] | None,
     name: str,
 ) -> list[float]:
+    from tqdm.auto import tqdm
+
     opt = _optimizer(model, settings.lr, settings.steps)
     gen = torch.Generator().manual_seed(settings.seed)
     model.train()
     opt.train()
     losses: list[float] = []
     t0 = time.perf_counter()
-    for step in range(settings.steps):
-        loss = loss_fn(gen)
-        loss.backward()
-        opt.step(loss=loss)
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if log is not None and (step + 1) % max(1, settings.steps // 5) == 0:
-            recent = sum(losses[-20:]) / len(losses[-20:])
-            log(f"  {name}: step {step + 1}/{settings.steps}  loss {recent:.4f}  ({time.perf_counter() - t0:.0f} s)")
+    # A progress bar with ETA when someone is watching (log given); tests pass log=None.
+    bar = tqdm(total=settings.steps, desc=f"training {name}", unit="step", disable=log is None, leave=True)
+    try:
+        for _ in range(settings.steps):
+            loss = loss_fn(gen)
+            loss.backward()
+            opt.step(loss=loss)
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.update(1)
+            if len(losses) % 10 == 0:
+                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+    finally:
+        bar.close()
+    if log is not None:
+        recent = sum(losses[-20:]) / len(losses[-20:])
+        log(f"  {name}: {settings.steps} steps, final loss {recent:.4f} ({time.perf_counter() - t0:.0f} s)")
     opt.eval()  # parameters now hold the averaged iterate x: what we evaluate and save
     model.eval()
     return losses
@@ -143,7 +153,9 @@ def train_loudness_head(
     return head, _train(head, loss_fn, settings, log, "loudness head")
 
 
-def base_model_samples(base: BaseDiT, n: int, frames: int, steps: int = 20, seed: int = 99, batch: int = 16) -> Tensor:
+def base_model_samples(
+    base: BaseDiT, n: int, frames: int, steps: int = 20, seed: int = 99, batch: int = 16, progress: bool = False
+) -> Tensor:
     """``n`` unguided Euler samples ``[n, C, frames]`` of the base model (LatCH-B-style inputs).
 
     A briefly trained base model's samples are off the data manifold, and a head trained on data
@@ -151,14 +163,18 @@ def base_model_samples(base: BaseDiT, n: int, frames: int, steps: int = 20, seed
     ≈ 2 dB on data). The extractor is exact on *any* latent, so the base model's own samples
     can be labelled and added to the head's training set (LatCH-B, arXiv 2603.04366).
     """
+    from tqdm.auto import tqdm
+
     from fusion_infer import rf_sigmas, sample
 
     gen = torch.Generator().manual_seed(seed)
     out = []
-    for start in range(0, n, batch):
-        b = min(batch, n - start)
-        noise = torch.randn(b, base.config.in_channels, frames, generator=gen)
-        out.append(sample(base, noise, rf_sigmas(steps), cache=True, generator=gen).latents)
+    with tqdm(total=n, desc="sampling the base model for the head", unit="sample", disable=not progress) as bar:
+        for start in range(0, n, batch):
+            b = min(batch, n - start)
+            noise = torch.randn(b, base.config.in_channels, frames, generator=gen)
+            out.append(sample(base, noise, rf_sigmas(steps), cache=True, generator=gen).latents)
+            bar.update(b)
     return torch.cat(out)
 
 

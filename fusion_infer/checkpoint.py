@@ -15,7 +15,10 @@ header's string metadata under the key ``"fusion"``, a JSON object:
 ``weights``          ``"averaged"`` (Schedule-Free x) or ``"raw"`` (no Schedule-Free averaging)
 ``targets``          optional: ``{"names": [...], "mean": [...], "std": [...], "units": "dB"}``,
                      how to turn the head's standardised outputs back into target units
-``extra``            optional: any JSON object (training config, metrics, …)
+``extra``            optional: any JSON object (training config, metrics, …); heads written by
+                     ``fusion_train.train_head`` record ``data`` (how to rebuild the training data),
+                     ``validation`` (seeds, t-buckets, excerpt cap) and ``effective_lr`` (the
+                     learning rate actually used), which ``fusion-train eval`` reuses by default
 ===================  ==========================================================================
 
 Reading is defensive: every failure — a folder or missing file, a truncated or corrupt file,
@@ -476,7 +479,7 @@ def validate_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], path
 
 
 class LoadedHead(NamedTuple):
-    """What :func:`load_head` returns: the model (eval mode) and its validated metadata."""
+    """What :func:`load_head` returns: the model (eval mode, frozen) and its validated metadata."""
 
     model: nn.Module
     metadata: dict[str, Any]
@@ -524,7 +527,10 @@ def load_head(
     5. the tensor data: NaN/inf values are refused unless ``allow_nonfinite=True``.
 
     Only then is the model built for real (its size is now that of the file's tensors), loaded
-    and returned in ``eval()`` mode.
+    and returned in ``eval()`` mode with ``requires_grad_(False)``: a loaded head is for inference
+    and guidance (gradients w.r.t. the *input* still flow), and frozen modulator weights are what
+    lets :class:`~fusion_infer.TimeConditioningCache` serve it. Code that fine-tunes a loaded head
+    calls ``model.train().requires_grad_(True)`` first.
 
     Example:
         >>> head, meta = load_head("best.safetensors")  # doctest: +SKIP
@@ -564,5 +570,5 @@ def load_head(
     model = model_cls(config)
     model.load_state_dict(tensors, strict=True)
     model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
-    model.eval()
+    model.eval().requires_grad_(False)
     return LoadedHead(model, meta)

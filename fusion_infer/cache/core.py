@@ -13,28 +13,29 @@ Stable API (other packages build on it; names here do not change):
   (from :mod:`fusion_infer.cache.weight_watch`);
 * :func:`bits_equal` and :class:`CacheCore`, defined here.
 
-Never stale (docs/design.md §4.3): four mechanisms, cheapest first. See ``docs/cache_invalidation.md``.
+Never stale (docs/design.md §4.3, ``docs/cache_invalidation.md``):
 
-===================  ===========================================  ================================
-mechanism            cost                                         catches
-===================  ===========================================  ================================
-fingerprint          attribute reads per watched tensor, every    ``optimizer.step()``,
-                     lookup                                       ``load_state_dict``, SF
-                                                                  ``eval()/train()``, ``.to()``,
-                                                                  replaced params
-content tripwire     one ``cat`` of strided views + one bitwise   ``p.data.copy_`` (EMA swaps),
-                     compare, every lookup                        ``weight.data += delta`` (LoRA
-                                                                  merge), any dense change
-bitwise probe        recompute one recorded value and compare     any change visible in that
-                     bits: on :meth:`render` entry, after         value (sparse edits the
-                     :meth:`request_probe` (e.g. attach), every   tripwire missed, state outside
-                     ``probe_every`` lookups; glue may also       the watched tensors)
-                     piggy-back it on each miss computation
-explicit             free                                         everything, incl. LoRA scales
-                                                                  and non-weight state:
-                                                                  :meth:`invalidate`,
-                                                                  :meth:`weights_swapped`
-===================  ===========================================  ================================
+===================  ============================================  ==============================
+check                when                                          catches
+===================  ============================================  ==============================
+storage identity     every :meth:`validate` (attribute reads)      anything that replaces
+                                                                   storage, changes the layout or
+                                                                   bumps a version counter
+content tripwire     every :meth:`validate` (one ``cat`` + one     whole-tensor rewrites through
+                     compare per dtype/device group)               ``.data`` (EMA swaps, merges)
+exact digest         first :meth:`validate` after                  **any** change, down to one
+                     :meth:`new_render` / :meth:`request_probe`,   bit of one element
+                     :meth:`render` entry, every ``probe_every``
+                     lookups; every lookup with ``verify="lookup"``
+bitwise probe        same events as the digest (and piggy-backed   state outside the watched
+                     on miss computations by the glue)             tensors that changes a
+                                                                   recorded value
+explicit             :meth:`invalidate`, :meth:`weights_swapped`   everything else
+===================  ============================================  ==============================
+
+Thread safety: every method takes :attr:`CacheCore.lock` (re-entrant); glue holds it around a
+whole validate → get → compute → put sequence so concurrent callers see one consistent table.
+Copies (``copy.deepcopy``, pickle) get a fresh lock and an empty table (statistics are kept).
 
 Example:
     >>> import torch
@@ -64,6 +65,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -76,6 +78,7 @@ from .store import BoundedStore, CacheStats, value_nbytes
 from .weight_watch import WeightSnapshot, WeightWatcher
 
 __all__ = [
+    "VERIFY_POLICIES",
     "BoundedStore",
     "CacheCore",
     "CacheStats",
@@ -93,6 +96,10 @@ __all__ = [
 ]
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+#: When the exact digest of every watched tensor is compared: at the start of each render (and
+#: every ``probe_every`` lookups), or on every lookup.
+VERIFY_POLICIES = ("render", "lookup")
 
 
 def bits_equal(a: Any, b: Any) -> bool:
@@ -136,11 +143,15 @@ class CacheCore:
         max_entries: most entries kept (LRU eviction), ``None`` for no count bound.
         max_bytes: most bytes kept, ``None`` for no byte bound.
         samples_per_tensor: content-tripwire elements per watched tensor (0 disables the tripwire).
-        probe_every: run the bitwise probe every this many :meth:`validate` calls (``None``: only
-            at :meth:`render` entry, after :meth:`request_probe`, or when the glue piggy-backs it).
+        probe_every: compare the exact digests and run the bitwise probe every this many
+            :meth:`validate` calls (``None``: only at render starts — :meth:`render` entry, the
+            first lookup after :meth:`new_render` / :meth:`request_probe` — or when the glue
+            piggy-backs the probe).
         recompute_probe: ``inputs -> value`` recomputing a value from the inputs recorded with
             :meth:`expect_probe` using the *current* weights; without it only piggy-backed probes
             (:meth:`confirm_probe`) run.
+        verify: ``"render"`` (default): exact digests at render starts and every
+            ``probe_every`` lookups; ``"lookup"``: exact digests on every :meth:`validate`.
 
     Protocol for glue code, per model call: :meth:`validate` once; then :meth:`get` per key;
     compute the misses (with the current weights) and :meth:`put` them; record one computed
@@ -160,8 +171,11 @@ class CacheCore:
         samples_per_tensor: int = 16,
         probe_every: int | None = 200,
         recompute_probe: Callable[[Any], Any] | None = None,
+        verify: str = "render",
     ) -> None:
         _check_probe_every(probe_every)
+        if verify not in VERIFY_POLICIES:
+            raise ValueError(f"verify must be one of {VERIFY_POLICIES}, got {verify!r}")
         if recompute_probe is not None and not callable(recompute_probe):
             raise TypeError(f"recompute_probe must be callable or None, got {type(recompute_probe).__name__}")
         self.stats = CacheStats()
@@ -169,35 +183,68 @@ class CacheCore:
         self.watcher = WeightWatcher(watched, samples_per_tensor=samples_per_tensor)
         self.probe_every = probe_every
         self.recompute_probe = recompute_probe
+        self.verify = verify
+        #: Re-entrant lock serialising table access (see the module docstring).
+        self.lock = threading.RLock()
         #: Bumped by every invalidation; glue can remember it to detect that its table was dropped.
         self.generation = 0
         self._snapshot: WeightSnapshot | None = None
         self._probe: tuple[Any, Any] | None = None
         self._probe_pending = False
+        self._verify_pending = False
         self._since_probe = 0
+
+    # ------------------------------------------------------------------------- copies
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["lock"]
+        state["store"] = BoundedStore(self.store.max_entries, self.store.max_bytes, stats=self.stats)
+        state["_snapshot"] = None
+        state["_probe"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.RLock()
+        self.store.stats = self.stats
+        self.stats.entries = 0
+        self.stats.bytes = 0
 
     # ----------------------------------------------------------------------------- validity
     def validate(self, tensors: Sequence[Tensor] | None = None) -> None:
-        """Check the watched weights (fingerprint, then tripwire) and run a due probe.
+        """Check the watched weights (identity, tripwire; exact digests when due) and run a due probe.
 
         Call once per cached model call, before :meth:`get`. Drops the table on any change.
         ``tensors``: the watched tensors if the caller already fetched them (else the source
         given at construction is called).
         """
-        if tensors is None:
-            tensors = self.watcher.tensors()
-        if self._snapshot is None:
-            self._snapshot = self.watcher.snapshot(tensors)
-        else:
-            reason = self.watcher.changed(self._snapshot, tensors)
-            if reason is not None:
-                self.invalidate(reason)
+        with self.lock:
+            self._since_probe += 1
+            count_due = self.probe_every is not None and self._since_probe >= self.probe_every
+            due = self._verify_pending or count_due
+            if tensors is None:
+                tensors = self.watcher.tensors()
+            if len(self.store) == 0:
+                # Nothing cached can be stale: only make sure the snapshot describes the weights
+                # now, taken here (at rest — glue may stream weights elsewhere to compute).
+                if self._snapshot is None or self.watcher.changed(self._snapshot, tensors) is not None:
+                    self._snapshot = self.watcher.snapshot(tensors)
+                self._verify_pending = False
+                self._probe_pending = False
+                return
+            if self._snapshot is None:
                 self._snapshot = self.watcher.snapshot(tensors)
-        self._since_probe += 1
-        if self._probe_pending or (
-            self.probe_every is not None and self._since_probe >= self.probe_every
-        ):
-            self.run_probe()
+            else:
+                full = due or self.verify == "lookup"
+                reason = self.watcher.changed(self._snapshot, tensors, full=full)
+                if full:
+                    self._verify_pending = False
+                    self.stats.verifications += 1
+                if reason is not None:
+                    self.invalidate(reason)
+                    return
+            if self._probe_pending or count_due:
+                self.run_probe()
 
     @property
     def has_probe(self) -> bool:
@@ -230,8 +277,19 @@ class CacheCore:
         return False
 
     def request_probe(self) -> None:
-        """Make the next :meth:`validate` run the bitwise probe (e.g. first lookup after attach)."""
+        """Make the next :meth:`validate` compare the exact digests and run the bitwise probe
+        (e.g. first lookup after attach)."""
         self._probe_pending = True
+        self._verify_pending = True
+
+    def request_verify(self) -> None:
+        """Make the next :meth:`validate` compare the exact digests (without the bitwise probe)."""
+        self._verify_pending = True
+
+    def new_render(self) -> None:
+        """Mark the start of a render: the next :meth:`validate` compares the exact digests of
+        every watched tensor (any change down to one bit drops the table) and runs the probe."""
+        self.request_probe()
 
     def run_probe(self) -> bool | None:
         """Recompute the recorded probe value now and compare bitwise; None if nothing to check."""
@@ -243,13 +301,15 @@ class CacheCore:
 
     def invalidate(self, reason: str = "explicit") -> None:
         """Drop every entry and the probe record; the next lookups recompute with current weights."""
-        self.store.clear()
-        self._snapshot = None
-        self._probe = None
-        self._probe_pending = False
-        self.generation += 1
-        self.stats.invalidations += 1
-        self.stats.invalidations_by_reason[reason] += 1
+        with self.lock:
+            self.store.clear()
+            self._snapshot = None
+            self._probe = None
+            self._probe_pending = False
+            self._verify_pending = False
+            self.generation += 1
+            self.stats.invalidations += 1
+            self.stats.invalidations_by_reason[reason] += 1
 
     @contextmanager
     def weights_swapped(self) -> Iterator[None]:
@@ -277,23 +337,27 @@ class CacheCore:
             >>> with core.render():
             ...     pass  # the sampler's steps
         """
-        if self._snapshot is not None:
-            reason = self.watcher.changed(self._snapshot)
-            if reason is not None:
-                self.invalidate(reason)
-        self.run_probe()
+        with self.lock:
+            self.new_render()
+            self.validate()
         yield
 
     # ----------------------------------------------------------------------------- storage
     def get(self, key: Hashable) -> Any | None:
         """Stored value for ``key`` or None (counts a hit or a miss)."""
-        return self.store.get(key)
+        with self.lock:
+            return self.store.get(key)
 
     def put(self, key: Hashable, value: Any) -> bool:
-        """Store a value computed with the current weights; False if it exceeds ``max_bytes``."""
-        if self._snapshot is None:
-            self._snapshot = self.watcher.snapshot()
-        return self.store.put(key, value)
+        """Store a value computed with the current weights; False if it exceeds ``max_bytes``.
+
+        The first value of a table generation snapshots the weights it was computed with
+        (identity, samples and exact digests).
+        """
+        with self.lock:
+            if self._snapshot is None:
+                self._snapshot = self.watcher.snapshot()
+            return self.store.put(key, value)
 
     def __len__(self) -> int:
         return len(self.store)

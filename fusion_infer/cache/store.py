@@ -35,7 +35,8 @@ class CacheStats:
 
     ``hits``/``misses`` count distinct keys looked up; ``bypassed`` counts calls answered without
     the table (e.g. training with grad-requiring modulator weights); ``invalidations_by_reason``
-    says which mechanism dropped the table ("fingerprint", "content", "probe", "explicit", …).
+    says which mechanism dropped the table ("fingerprint", "content", "digest", "probe", "explicit",
+…); ``verifications`` counts comparisons of the exact digests.
     """
 
     hits: int = 0
@@ -48,6 +49,7 @@ class CacheStats:
     probes: int = 0
     probe_failures: int = 0
     bypassed: int = 0
+    verifications: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -68,6 +70,7 @@ class CacheStats:
             "probes": self.probes,
             "probe_failures": self.probe_failures,
             "bypassed": self.bypassed,
+            "verifications": self.verifications,
             "hit_rate": self.hit_rate,
         }
 

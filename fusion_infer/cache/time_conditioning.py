@@ -13,12 +13,13 @@ Guarantees (tested in ``tests/infer/``):
   together (fixed-shape chunks, :mod:`fusion_infer.models.modulators`), and the cache only copies rows.
 * **Exact keys** — the float32 (float64 for float64 heads) bits of each ``t`` after ``-0.0 → +0.0``
   canonicalisation, the bytes of ``cond`` rows, the parameter dtype and device. No rounding.
-* **Never stale** — :class:`~fusion_infer.cache.core.CacheCore` checks a fingerprint and a content
-  tripwire of :meth:`ControlHead.modulator_parameters` on every lookup, recomputes a sentinel row
-  with every miss computation (a free bitwise probe: it rides in the same GEMM chunk), probes on
-  the first lookup after :meth:`attach`, on :meth:`render` entry and every ``probe_every``
-  lookups, and offers :meth:`invalidate` / :meth:`weights_swapped`. Costs and coverage:
-  ``docs/cache_invalidation.md``.
+* **Never stale** — :class:`~fusion_infer.cache.core.CacheCore` checks the storage identity and
+  a content tripwire of :meth:`ControlHead.modulator_parameters` on every lookup, compares exact
+  64-bit digests of all their bytes (:mod:`fusion_infer.cache.fingerprint`) at every render
+  start (:meth:`render`, :meth:`new_render`, the first lookup after :meth:`attach`, every
+  ``probe_every`` lookups; every lookup with ``verify="lookup"``), recomputes a sentinel row with
+  every miss computation (a free bitwise probe: it rides in the same GEMM chunk), and offers
+  :meth:`invalidate` / :meth:`weights_swapped`. Contract and costs: ``docs/cache_invalidation.md``.
 * **Training-safe** — with grad enabled and any modulator parameter (or ``cond``) requiring
   grad, the cache is bypassed (``on_grad="bypass"``: modulators computed with autograd, the
   weights train normally; ``stats.bypassed`` counts it) or raises (``on_grad="raise"``). It never
@@ -44,6 +45,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -84,6 +86,16 @@ class TimeConditioningCache:
             a probe, :meth:`warm`); cached steps run with no modulator weight on the device
             (:mod:`fusion_infer.cache.offload`). Undone by :meth:`restore_weights`.
         offload_device: where offloaded weights rest (default ``"cpu"``).
+        verify: when the exact digests of every modulator tensor are compared —
+            ``"render"`` (default): on :meth:`render` entry, the first lookup after
+            :meth:`new_render` or :meth:`attach`, and every ``probe_every`` lookups;
+            ``"lookup"``: on every lookup (any change, down to one bit, is seen at the next
+            lookup). Identity and tripwire checks run on every lookup either way.
+
+    Thread safety: lookups from several threads share one table under a lock; outputs equal
+    the uncached head's. Attaching/detaching or changing weights while other threads run the
+    head is not synchronised. Copies (``copy.deepcopy(head)``, pickle / ``torch.save``) carry an
+    attached cache with an empty table that follows the copy's own weights.
 
     Example:
         >>> from fusion_infer import ControlHead
@@ -94,6 +106,8 @@ class TimeConditioningCache:
         (1, 1)
         >>> cache.detach()
     """
+
+    _bypass_warned = False  # set per instance on the first bypass warning
 
     def __init__(
         self,
@@ -106,6 +120,7 @@ class TimeConditioningCache:
         on_grad: str = "bypass",
         offload_weights: bool = False,
         offload_device: torch.device | str = "cpu",
+        verify: str = "render",
     ) -> None:
         model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
         for attr in ("modulator_rows", "prepare_conditions", "modulator_parameters", "config"):
@@ -116,6 +131,9 @@ class TimeConditioningCache:
                 )
         if on_grad not in _ON_GRAD:
             raise ValueError(f"on_grad must be one of {_ON_GRAD}, got {on_grad!r}")
+        # Refuses wrapped modulator layers the head cannot read exactly (adapters, hook-based
+        # weights) now, at attach time, with an error naming the module.
+        model.modulator_parameters()
         if not isinstance(offload_weights, bool):
             raise TypeError(f"offload_weights must be a bool, got {type(offload_weights).__name__}")
         #: :class:`~fusion_infer.WeightOffload` when ``offload_weights``, else None.
@@ -138,6 +156,7 @@ class TimeConditioningCache:
             samples_per_tensor=samples_per_tensor,
             probe_every=probe_every,
             recompute_probe=self._recompute,
+            verify=verify,
         )
 
     # ------------------------------------------------------------------------- lifecycle
@@ -195,9 +214,15 @@ class TimeConditioningCache:
 
     @contextmanager
     def render(self) -> Iterator[None]:
-        """Mark a sampling loop: weights are checked and the bitwise probe runs on entry."""
+        """Mark a sampling loop: on entry the exact digests of every modulator tensor are
+        compared (any change since the entries were computed drops them) and the probe runs."""
         with self.core.render():
             yield
+
+    def new_render(self) -> None:
+        """Mark the start of a render without a ``with`` block: the next lookup compares the
+        exact digests of every modulator tensor before any cached row is used."""
+        self.core.new_render()
 
     # ------------------------------------------------------------------------- lookups
     def _recompute(self, inputs: tuple[Tensor, Tensor | None]) -> Tensor:
@@ -289,15 +314,26 @@ class TimeConditioningCache:
         params = self.model.modulator_parameters()
         if self._must_bypass(params, cond):
             self.core.stats.bypassed += 1
+            if not self._bypass_warned and any(p.requires_grad for p in params):
+                # Once per cache: a head left trainable at inference silently gets 0 hits otherwise.
+                self._bypass_warned = True
+                warnings.warn(
+                    "TimeConditioningCache is bypassed: grad is enabled and the head's modulator "
+                    "weights require grad. For inference call head.requires_grad_(False) or run "
+                    "under torch.no_grad(); training through the cache is exact but uncached.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             if self.offload is not None:
                 raise RuntimeError(
                     "TimeConditioningCache(offload_weights=True) cannot bypass: the modulator weights "
                     "rest on the offload device. Call cache.restore_weights() before training."
                 )
             return None
-        self._park(params)
-        self.core.validate(params)
-        return self._gather(t, cond, retry=True)
+        with self.core.lock:
+            self._park(params)
+            self.core.validate(params)
+            return self._gather(t, cond, retry=True)
 
     def _gather(self, t: Tensor, cond: Tensor | None, retry: bool) -> Tensor:
         keys = self._keys(t, cond)
@@ -354,6 +390,10 @@ class TimeConditioningCache:
             (41, 0)
         """
         tt, cc = self.model.prepare_conditions(t_values, cond, None if cond is None else cond.shape[0])
+        with self.core.lock:
+            return self._warm(tt, cc)
+
+    def _warm(self, tt: Tensor, cc: Tensor | None) -> int:
         params = self.model.modulator_parameters()
         self._park(params)
         self.core.validate(params)

@@ -200,35 +200,92 @@ class ControlHead(nn.Module):
         """
         return head_cost(self.config, seq_len=seq_len, batch=batch)
 
+    def _modulator_modules(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """``(called, read)``: modulator modules the head *calls* (timestep MLP, ``cond_proj``)
+        and the adaLN linears whose weights it *reads* (stacked into one GEMM)."""
+        # Plain dict reads instead of nn.Module.__getattr__/Sequential indexing: this runs on
+        # every cached lookup and must stay a few microseconds.
+        mlp = self.t_embedder._modules["mlp"]._modules
+        called = [mlp["0"], mlp["2"]]
+        if self.cond_proj is not None:
+            called.append(self.cond_proj)
+        read = [b._modules["adaLN_mod"]._modules["1"] for b in self._modules["blocks"]._modules.values()]
+        read.append(self._modules["final"]._modules["adaLN_mod"]._modules["1"])
+        return called, read
+
+    def _module_name(self, module: nn.Module) -> str:
+        return next((n for n, m in self.named_modules() if m is module), type(module).__name__)
+
+    def _wrapped_tensors(self, module: nn.Module, read: bool) -> list[Tensor]:
+        """Every tensor of a wrapped modulator module, or a clear error when it cannot be exact."""
+        name = self._module_name(module)
+        if hasattr(module, "base_layer"):
+            raise TypeError(
+                f"ControlHead: the modulator module {name!r} is wrapped by an adapter "
+                f"({type(module).__module__}.{type(module).__name__}, e.g. PEFT LoRA); the head computes "
+                "modulators from the stacked adaLN weights and would ignore the adapter, and adapter "
+                "scales are not tensors a cache can watch. Merge it first (peft: merge_and_unload()), "
+                "or keep adapters off the modulator modules (allowed: plain nn.Linear or "
+                "torch.nn.utils.parametrize-d nn.Linear)."
+            )
+        if read and (module._forward_pre_hooks or module._forward_hooks):
+            raise TypeError(
+                f"ControlHead: the adaLN linear {name!r} has forward hooks "
+                f"({[type(h).__name__ for h in (*module._forward_pre_hooks.values(), *module._forward_hooks.values())]}); "
+                "hook-based weights (torch.nn.utils.prune, the deprecated torch.nn.utils.weight_norm, "
+                "spectral_norm) are only recomputed when the Linear itself runs, but the head reads "
+                "adaLN weights directly. Use torch.nn.utils.parametrize / "
+                "torch.nn.utils.parametrizations.weight_norm instead, or make pruning permanent with "
+                "torch.nn.utils.prune.remove(module, 'weight')."
+            )
+        if read and not isinstance(module, nn.Linear):
+            raise TypeError(
+                f"ControlHead: the adaLN linear {name!r} is a {type(module).__name__}, expected an "
+                "nn.Linear (optionally torch.nn.utils.parametrize-d)"
+            )
+        seen: set[int] = set()
+        out = []
+        for t in (*module.parameters(), *module.buffers()):
+            if id(t) not in seen:
+                seen.add(id(t))
+                out.append(t)
+        return out
+
     def modulator_parameters(self) -> list[Tensor]:
         """Every tensor the modulators depend on (timestep MLP, ``cond_proj``, all adaLN linears).
 
         A cache watches exactly these (on every lookup, hence plain attribute reads rather than
-        a module traversal); changing any other parameter cannot change modulators.
+        a module traversal for plain ``nn.Linear`` layers); changing any other parameter cannot
+        change modulators. Wrapped layers contribute every parameter and buffer they hold
+        (``torch.nn.utils.parametrize`` originals, pruning masks, weight-norm factors); wrappers
+        whose effect the head cannot reproduce exactly — adapters (PEFT) anywhere, forward-hook
+        based weights on the adaLN linears — raise ``TypeError`` naming the module and the fix.
         """
-        # Plain dict reads instead of nn.Module.__getattr__/Sequential indexing: this runs on
-        # every cached lookup and must stay a few microseconds.
-        mlp = self.t_embedder._modules["mlp"]._modules
-        lins = [mlp["0"], mlp["2"]]
-        if self.cond_proj is not None:
-            lins.append(self.cond_proj)
-        lins.extend(b._modules["adaLN_mod"]._modules["1"] for b in self._modules["blocks"]._modules.values())
-        lins.append(self._modules["final"]._modules["adaLN_mod"]._modules["1"])
-        out = []
-        for lin in lins:
-            params = lin._parameters
-            out.append(params["weight"])
-            if params.get("bias") is not None:
-                out.append(params["bias"])
+        called, read = self._modulator_modules()
+        out: list[Tensor] = []
+        for group, is_read in ((called, False), (read, True)):
+            for lin in group:
+                if type(lin) is nn.Linear and not lin._forward_pre_hooks and not lin._forward_hooks:
+                    params = lin._parameters
+                    out.append(params["weight"])
+                    if params.get("bias") is not None:
+                        out.append(params["bias"])
+                else:
+                    out.extend(self._wrapped_tensors(lin, is_read))
         return out
 
     def stacked_modulator_weights(self) -> tuple[Tensor, Tensor]:
         """``(W [6·dim·depth + 2·dim, dim], b)``: all adaLN linears concatenated (a fresh copy).
 
         Concatenating on every call (instead of caching the stack) keeps the computation a pure
-        function of the live parameters — and differentiable for training.
+        function of the live parameters — and differentiable for training. ``weight`` is read
+        through the module, so ``torch.nn.utils.parametrize`` parametrizations apply; layers the
+        head cannot read exactly raise ``TypeError`` (see :meth:`modulator_parameters`).
         """
-        lins = [b.adaLN_mod[1] for b in self.blocks] + [self.final.adaLN_mod[1]]
+        _, lins = self._modulator_modules()
+        for lin in lins:
+            if type(lin) is not nn.Linear or lin._forward_pre_hooks or lin._forward_hooks:
+                self._wrapped_tensors(lin, True)
         return torch.cat([lin.weight for lin in lins]), torch.cat([lin.bias for lin in lins])
 
     # ------------------------------------------------------------------------- modulators

@@ -17,6 +17,7 @@ Example:
 
 from .cache import resolve_cache_root
 from .dataset import ReferenceData
+from .describe import data_from_description, describe_data
 from .reference import (
     DATA_FORMAT_VERSION,
     ReferenceDataConfig,
@@ -31,6 +32,8 @@ __all__ = [
     "ReferenceData",
     "ReferenceDataConfig",
     "build_reference_data",
+    "data_from_description",
+    "describe_data",
     "reference_cache_folder",
     "resolve_cache_root",
     "split_pieces",

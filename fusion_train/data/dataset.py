@@ -46,7 +46,8 @@ class ReferenceData:
             out of latents, see :meth:`control_extractor`).
         source: ``"music21"`` or ``"synthetic"``; ``cache_status``: ``"hit"``, ``"built"``,
             ``"rebuilt: <reason>"`` or ``"uncached"``; ``rendered_pieces``: how many pieces were
-            rendered by this call (0 on a cache hit).
+            rendered by this call (0 on a cache hit); ``cache_folder``: where the cached data set
+            lives (``None`` for uncached data).
         extras: source-specific tensors (the synthetic data's analytic ground truth).
         info: JSON-friendly description (config, skipped pieces, timings).
     """
@@ -67,6 +68,7 @@ class ReferenceData:
     source: str
     cache_status: str = "uncached"
     rendered_pieces: int = 0
+    cache_folder: str | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -118,7 +120,7 @@ class ReferenceData:
             f"{self.spec.frame_rate:.2f} Hz ({frames / self.spec.frame_rate:.2f} s); "
             f"train {self.train_index.numel()} / val {self.val_index.numel()} excerpts",
             f"pieces: {len(self.pieces_in('train'))} train, {len(self.pieces_in('val'))} val; "
-            f"cache: {self.cache_status}",
+            f"cache: {self.cache_status}" + (f" ({self.cache_folder})" if self.cache_folder else ""),
         ]
         for c, name in enumerate(self.control_names):
             values = self.controls[:, c]

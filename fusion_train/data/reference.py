@@ -64,6 +64,7 @@ from .cache import read_manifest, resolve_cache_root, write_manifest
 from .controls import audio_control_targets
 from .dataset import ReferenceData, split_stats
 from .mel import log_mel, samples_for_frames
+from .piece_cache import load_piece, piece_cache_folder, save_piece
 from .synth import NoteEvent, random_timbre, render_notes
 
 __all__ = [
@@ -281,6 +282,17 @@ def _render_piece(piece_id: str, config_dict: dict) -> dict:
     }
 
 
+def _render_piece_cached(piece_id: str, config_dict: dict, folder: str) -> dict:
+    """:func:`_render_piece` through the per-piece cache (:mod:`fusion_train.data.piece_cache`)."""
+    cached = load_piece(folder, piece_id)
+    if cached is not None:
+        cached["from_cache"] = True
+        return cached
+    result = _render_piece(piece_id, config_dict)
+    save_piece(folder, piece_id, result)
+    return result
+
+
 def _config_from_dict(d: dict) -> ReferenceDataConfig:
     d = dict(d)
     d["collections"] = tuple(d["collections"])
@@ -300,7 +312,7 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _render_all(config: ReferenceDataConfig, progress: bool, workers: int):
+def _render_all(config: ReferenceDataConfig, progress: bool, workers: int, pieces_folder: Path):
     from tqdm.auto import tqdm
 
     candidates = _candidate_order(
@@ -315,6 +327,7 @@ def _render_all(config: ReferenceDataConfig, progress: bool, workers: int):
         if workers > 1
         else None
     )
+    reused = 0
     try:
         cursor = 0
         while len(accepted) < config.n_pieces and cursor < len(candidates):
@@ -323,13 +336,16 @@ def _render_all(config: ReferenceDataConfig, progress: bool, workers: int):
             want = config.n_pieces - len(accepted)
             batch = candidates[cursor : cursor + want + (want // 8 + 1 if pool else 0)]
             cursor += len(batch)
+            folder = str(pieces_folder)
             if pool is None:
-                results = (_render_piece(p, config_dict) for p in batch)
+                results = (_render_piece_cached(p, config_dict, folder) for p in batch)
             else:
-                results = pool.map(_render_piece, batch, [config_dict] * len(batch))
+                results = pool.map(_render_piece_cached, batch, [config_dict] * len(batch),
+                                   [folder] * len(batch))
             for piece_id, result in zip(batch, results):
                 if len(accepted) >= config.n_pieces:
                     break
+                reused += bool(result.pop("from_cache", False))
                 if "skipped" in result:
                     skipped.append({"piece": piece_id, "reason": result["skipped"]})
                     continue
@@ -344,7 +360,7 @@ def _render_all(config: ReferenceDataConfig, progress: bool, workers: int):
             f"n_pieces={config.n_pieces} but only {len(accepted)} usable pieces exist in "
             f"collections {list(config.collections)} ({len(skipped)} skipped)"
         )
-    return accepted, skipped
+    return accepted, skipped, reused
 
 
 def _assemble(config: ReferenceDataConfig, accepted, skipped) -> tuple[dict, dict]:
@@ -452,14 +468,17 @@ def build_reference_data(
         try:
             manifest = read_manifest(folder, DATA_FORMAT_VERSION, digest)
             tensors = load_file(str(folder / _DATA_FILE))
-            return _to_reference_data(config, tensors, manifest["info"], cache_status="hit")
+            return _to_reference_data(config, tensors, manifest["info"], cache_status="hit",
+                                      cache_folder=str(folder))
         except Exception as exc:  # noqa: BLE001 - whatever makes a cache unreadable, rebuild it
             status = f"rebuilt: {exc}"
             logger.warning("reference data cache at %s is unusable (%s); rebuilding", folder, exc)
             shutil.rmtree(folder, ignore_errors=True)
 
     started = time.perf_counter()
-    accepted, skipped = _render_all(config, progress, workers)
+    pieces_folder = piece_cache_folder(config.to_dict(), resolve_cache_root(cache_dir), DATA_FORMAT_VERSION,
+                                       music21.__version__)
+    accepted, skipped, reused = _render_all(config, progress, workers, pieces_folder)
     tensors, info = _assemble(config, accepted, skipped)
     info["build_seconds"] = round(time.perf_counter() - started, 2)
     info["music21_version"] = music21.__version__
@@ -467,6 +486,7 @@ def build_reference_data(
     atomic_write(folder / _DATA_FILE, lambda tmp: save_file(tensors, str(tmp)))
     write_manifest(folder, DATA_FORMAT_VERSION, digest, [_DATA_FILE], info=info)
     return _to_reference_data(
-        config, tensors, info, cache_status=status, rendered_pieces=len(accepted) + len(skipped)
+        config, tensors, info, cache_status=status, rendered_pieces=len(accepted) + len(skipped) - reused,
+        cache_folder=str(folder),
     )
 

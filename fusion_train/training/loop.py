@@ -51,6 +51,7 @@ from fusion_infer.checkpoint import TargetScaling, load_head
 from fusion_infer.models.control_head import ControlHead, ControlHeadConfig
 from fusion_infer.noise_schedules import NOISE_SCHEDULES, NoiseSchedule, get_noise_schedule
 
+from ..data.describe import describe_data
 from ..optim.optimizer import FusionOpt
 from ..optim.recipes import RECIPES
 from ..optim.routing import build_param_groups
@@ -558,6 +559,12 @@ class TrainResult:
     train_seconds: float = 0.0
 
 
+def validation_description(config: Any) -> dict[str, Any]:
+    """The validation settings of ``config`` as stored in checkpoints (``extra["validation"]``)."""
+    return {"seeds": [int(s) for s in config.val_seeds], "t_buckets": int(config.val_t_buckets),
+            "max_excerpts": config.val_max_excerpts, "batch_size": int(config.val_batch_size)}
+
+
 def _resolve_head_config(config: HeadTrainConfig, n_mels: int, n_controls: int) -> ControlHeadConfig:
     head = config.head or ControlHeadConfig(in_channels=n_mels, out_channels=n_controls)
     if head.in_channels != n_mels or head.out_channels != n_controls:
@@ -677,7 +684,12 @@ def train_head(config: HeadTrainConfig, data: Any = None) -> TrainResult:
         best_score, best_step = info["extra"]["best_score"], info["extra"]["best_step"]
         best_metrics = info["extra"].get("best_metrics", {})
 
-    meta = dict(noise_schedule=config.noise_schedule, loss=config.loss, recipe=config.recipe, targets=scaling)
+    # Besides the schema fields, checkpoints record (under metadata["extra"]) what is needed to
+    # evaluate the head the way it was validated: the data it was trained on, the validation
+    # settings, and the learning rate actually used (config.lr=None resolves per recipe).
+    meta = dict(noise_schedule=config.noise_schedule, loss=config.loss, recipe=config.recipe, targets=scaling,
+                data=describe_data(data), validation=validation_description(config),
+                effective_lr=float(DEFAULT_LR[config.recipe] if config.lr is None else config.lr))
     best_path = out / "best.safetensors" if out is not None else None
     state_path = out / "training_state.safetensors" if out is not None else None
     kept: dict[str, Any] = {"metrics": best_metrics}

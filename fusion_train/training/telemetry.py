@@ -1,6 +1,7 @@
 """Training telemetry: one JSON object per line (always) and TensorBoard scalars (when installed).
 
-Each record is ``{"step": int, "<name>": float, …}``: losses (``train/…``), validation metrics
+Each record is ``{"step": int, "<name>": float | None, …}`` (``None``/``null``: the value was NaN or
+±inf, which JSON cannot hold): losses (``train/…``), validation metrics
 (``val/…``) and the optimizer's own scalars (``fusion/…`` from :meth:`FusionOpt.telemetry`, or
 ``fusion/lr`` for torch optimizers). JSONL is appended and flushed per record so a crashed run keeps
 what it logged; TensorBoard is used when ``torch.utils.tensorboard`` (the ``tensorboard`` package)
@@ -37,7 +38,9 @@ def _plain(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN/inf; keep them readable instead of invalid JSON
+        # JSON has no NaN/inf (json.dumps would write the invalid tokens NaN/Infinity, which strict
+        # parsers such as jq or JavaScript reject): a non-finite value is recorded as null.
+        return None
     return v
 
 
@@ -78,7 +81,7 @@ class TelemetryWriter:
         record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
         self.records.append(record)
         if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(json.dumps(record, allow_nan=False) + "\n")
             self._file.flush()
         if self._tb is not None:
             for k, v in record.items():
@@ -102,6 +105,6 @@ class TelemetryWriter:
 
 
 def read_telemetry(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a telemetry JSONL file."""
+    """The records of a telemetry JSONL file (a non-finite value was written as ``null``: ``None``)."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

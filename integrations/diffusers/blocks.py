@@ -47,6 +47,7 @@ from torch import nn
 from diffusers.hooks import HookRegistry, ModelHook
 
 from .families import block_paths, unwrap_compiled
+from .hook_chain import make_portable
 from .modulators import Modulators
 from .slots import SlotTable
 
@@ -118,6 +119,7 @@ def patch_blocks(transformer: nn.Module) -> None:
             continue
         signature = _with_mods_signature(block.forward)
         registry.register_hook(BlockModsHook(table, bpath, table.family.block_sites(block)), BLOCK_HOOK_NAME)
+        make_portable(block)
         block.forward.__signature__ = signature
     HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
 
@@ -132,6 +134,7 @@ def unpatch_blocks(transformer: nn.Module) -> None:
         registry = getattr(model.get_submodule(bpath), "_diffusers_hook", None)
         if registry is not None and registry.get_hook(BLOCK_HOOK_NAME) is not None:
             registry.remove_hook(BLOCK_HOOK_NAME, recurse=False)
+            make_portable(model.get_submodule(bpath))
     table.release(_USER)
     HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ModulatorCacheConfig", "PROBE_POLICIES"]
+__all__ = ["ModulatorCacheConfig", "PROBE_POLICIES", "VERIFY_POLICIES"]
 
 PROBE_POLICIES = ("render", "always", "never")
+VERIFY_POLICIES = ("render", "lookup")
 
 
 def _positive_or_none(name: str, value: object) -> None:
@@ -39,8 +40,13 @@ class ModulatorCacheConfig:
             forward call (all blocks, whole batch). ``None``: no count bound.
         max_bytes: most bytes kept over all entries (default 1 GiB). ``None``: no byte bound.
         samples_per_tensor: elements per watched weight compared bitwise on every call (the
-            content tripwire that catches ``.data`` writes such as ``EMAModel.copy_to``);
-            0 disables it.
+            content tripwire that catches whole-tensor ``.data`` writes such as
+            ``EMAModel.copy_to`` at the next call); 0 disables it.
+        verify: when the exact 64-bit digests of every watched tensor (all bytes; any change
+            down to one bit) are compared — ``"render"`` (default): at the start of each render
+            (the pipeline's end-of-call reset, :meth:`ModulatorCache.new_render`, a timestep that
+            does not decrease for the same conditioning) and every ``probe_every`` calls;
+            ``"lookup"``: on every call.
         probe: when a replayed entry is re-verified bitwise against a fresh recomputation —
             ``"render"`` (default): at the start of each render (the pipeline's end-of-call
             reset, :meth:`ModulatorCache.new_render`, or a timestep that does not decrease for the
@@ -57,6 +63,7 @@ class ModulatorCacheConfig:
     max_entries: int | None = 1024
     max_bytes: int | None = 1 << 30
     samples_per_tensor: int = 16
+    verify: str = "render"
     probe: str = "render"
     probe_every: int | None = None
     offload_weights: bool = False
@@ -72,6 +79,8 @@ class ModulatorCacheConfig:
             or self.samples_per_tensor < 0
         ):
             raise ValueError(f"samples_per_tensor must be an int >= 0, got {self.samples_per_tensor!r}")
+        if self.verify not in VERIFY_POLICIES:
+            raise ValueError(f"verify must be one of {VERIFY_POLICIES}, got {self.verify!r}")
         if self.probe not in PROBE_POLICIES:
             raise ValueError(f"probe must be one of {PROBE_POLICIES}, got {self.probe!r}")
         if not isinstance(self.offload_weights, bool):

@@ -12,18 +12,23 @@ Layout (diffusers' hooks convention, ``src/diffusers/hooks/hooks.py`` and
   return the armed tensors instead of running the module.
 
 Storage, exact keys and never-stale checks are ``fusion_infer``'s :class:`~fusion_infer.CacheCore`
-(bounded LRU store with stats, weight fingerprint + content tripwire every call, bitwise probe).
+(bounded LRU store with stats; storage identity + content tripwire every call; exact 64-bit
+digests of every watched tensor at each render start, or every call with ``verify="lookup"``;
+bitwise probe).
 This module adds the diffusers-specific parts: which tensors are watched (the parameters and
 buffers of the modules now at the site paths, LoRA wrappers included), the PEFT state in the key,
 when a render starts (for the probe), and the bypass rules.
 
 Never stale (docs/design.md §4.3) — what catches what:
 
-* ``load_state_dict``, optimizer steps, ``.to()``, replaced parameters: fingerprint
-  (``data_ptr``/``_version``/dtype/device) → table dropped;
-* ``EMAModel.copy_to``/``restore``, writes through ``.data``, PEFT ``fuse_lora``/``unfuse_lora``:
-  content tripwire (sampled elements compared bitwise on every call), PEFT ``merged_adapters``
-  state, and the bitwise probe of one recorded entry at every render start;
+* ``load_state_dict``, optimizer steps, ``.to()``, replaced parameters, changed strides: storage
+  identity (``data_ptr``/offset/strides/``_version``/dtype/device) → table dropped at the next call;
+* ``EMAModel.copy_to``/``restore``, whole-tensor writes through ``.data``, PEFT
+  ``fuse_lora``/``unfuse_lora``: content tripwire (sampled elements of the live storage compared
+  bitwise on every call) and the PEFT ``merged_adapters`` state → next call;
+* any other change of any watched tensor, down to one bit of one element (a sparse ``.data``
+  edit of one embedding row): exact digests, compared before the first call of every render
+  uses the table (``verify="lookup"``: every call);
 * LoRA load/unload (modules replaced): slots move to the new modules and the table is dropped;
   ``set_adapters`` weights, switching/disabling adapters, ``joint_attention_kwargs={"scale": s}``:
   part of the key (entries for other adapter states stay valid and are reused);
@@ -32,6 +37,17 @@ Never stale (docs/design.md §4.3) — what catches what:
 The cache is bypassed (computed normally, counted in ``stats.bypassed``) when the transformer is in
 training mode (label dropout / LoRA dropout are random) or when autograd needs gradients of
 modulator weights.
+
+Threads: per-call values live in thread-local slots (:mod:`fusion_diffusers.slots`) and the
+table is guarded by ``core.lock``, so any number of threads may call one cached transformer; each
+output equals the uncached one. Not synchronised: changing weights, loading/unloading LoRA
+adapters or calling :meth:`ModulatorCache.invalidate` *while* other threads are mid-call (a call
+that already armed its slots finishes with the values it looked up), and diffusers' own per-call
+LoRA ``scale`` (it rescales shared PEFT layers for the duration of a forward in diffusers itself).
+
+Copies: ``copy.deepcopy(transformer)`` and pickle / ``torch.save`` give a transformer whose own
+hooks (:mod:`fusion_diffusers.hook_chain`) run *its* modules with *its* weights, with a cache
+with the same config and an empty table.
 
 The hook is *stateful* for diffusers, so a pipeline's end-of-call ``maybe_free_model_hooks()``
 reaches :meth:`ModulatorCache.reset_state` — which keeps the cross-render table and only marks the
@@ -54,6 +70,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,6 +84,7 @@ from fusion_infer import CacheCore, CacheStats, bits_equal, make_key
 
 from .config import ModulatorCacheConfig
 from .families import CallConditioning, Family, unwrap_compiled
+from .hook_chain import make_portable
 from .modulators import compute_with_slots_empty
 from .offload import ResidentReport, WeightOffload, refuse_offload_hooks
 from .selfcheck import ensure_verified
@@ -125,9 +143,10 @@ class ModulatorCache(ModelHook):
             samples_per_tensor=config.samples_per_tensor,
             probe_every=config.probe_every,
             recompute_probe=self._recompute_probe,
+            verify=config.verify,
         )
         self._paths = list(table.sites)
-        self._disabled = 0
+        self._local = threading.local()  # per-thread ``disabled()`` depth
         self._streams: OrderedDict[Any, float] = OrderedDict()
         self._lora_merged: tuple | None = None
         #: :class:`fusion_diffusers.offload.WeightOffload` when ``config.offload_weights``, else None.
@@ -137,7 +156,29 @@ class ModulatorCache(ModelHook):
             self.offload.park(self._scan()[0])
         self._streaming = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_local"]
+        state["_watched_now"] = []
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
     # ------------------------------------------------------------------ public controls
+
+    def __repr__(self) -> str:
+        s = self.core.stats
+        bound = f"/{self.config.max_entries}" if self.config.max_entries is not None else ""
+        state = "disabled" if self._disabled else "enabled"
+        offload = f", offload={self.offload.offload_device}" if self.offload is not None else ""
+        return (
+            f"ModulatorCache(family={self.family.name!r}, model={type(self.table.model).__name__}, "
+            f"sites={len(self._paths)}, {state}, entries={s.entries}{bound}, bytes={s.bytes}, "
+            f"hits={s.hits}, misses={s.misses}, hit_rate={s.hit_rate:.2f}, bypassed={s.bypassed}, "
+            f"invalidations={s.invalidations}{offload})"
+        )
 
     @property
     def stats(self) -> CacheStats:
@@ -155,18 +196,27 @@ class ModulatorCache(ModelHook):
             yield
 
     def new_render(self) -> None:
-        """Mark the start of a render: the next call re-verifies one recorded entry bitwise."""
-        self._streams.clear()
-        self.core.request_probe()
+        """Mark the start of a render: before the next call uses the table, the exact digests of
+        every watched tensor are compared (any change down to one bit drops it) and, unless
+        ``probe="never"``, one recorded entry is recomputed and compared bitwise."""
+        with self.core.lock:
+            self._streams.clear()
+            self._request_render_checks()
+
+    def _request_render_checks(self) -> None:
+        self.core.request_verify()
+        if self.config.probe != "never":
+            self.core.request_probe()
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
-        """Run the transformer uncached inside this block (slots stay empty)."""
-        self._disabled += 1
+        """Run the transformer uncached inside this block (slots stay empty); affects only the
+        calling thread."""
+        self._local.depth = getattr(self._local, "depth", 0) + 1
         try:
             yield
         finally:
-            self._disabled -= 1
+            self._local.depth -= 1
 
     def resident_report(self, execution_device: torch.device | str | None = None) -> ResidentReport:
         """Parameter bytes on the execution device with and without the modulator weights.
@@ -282,13 +332,17 @@ class ModulatorCache(ModelHook):
 
     @torch.compiler.disable
     def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        with self.core.lock:
+            return self._enter_locked(module, args, kwargs)
+
+    def _enter_locked(self, module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
         if module.training and self.offload is not None:
             raise RuntimeError(
                 "the modulator cache with offload_weights=True cannot run a training-mode forward "
                 "(modulator weights rest on the offload device); call transformer.eval(), or "
                 "remove_modulator_cache(transformer) before training"
             )
-        if self._disabled or module.training:
+        if getattr(self._local, "depth", 0) or module.training:
             self.core.stats.bypassed += 1
             return None
         if self.table.sync():
@@ -314,11 +368,13 @@ class ModulatorCache(ModelHook):
         self._lora_merged = lora_merged
 
         cond = self.family.call_conditioning(module, args, kwargs)
+        if cond is None:  # a call form the family cannot serve from one entry (Family.uncacheable_call)
+            self.core.stats.bypassed += 1
+            return None
         t_host = cond.timestep.detach().to("cpu")
         stream, key = self._key(cond, t_host, lora_key)
 
-        if self.config.probe == "render":
-            self._note_stream(stream, t_host)
+        self._note_stream(stream, t_host)
         self.core.validate(self._watched_now)
         values = self.core.get(key)
         if values is None:
@@ -359,6 +415,10 @@ class ModulatorCache(ModelHook):
 
         Call it outside :meth:`streaming`: the watched weights must be at rest when checked.
         """
+        with self.core.lock:
+            return self._prepare_locked()
+
+    def _prepare_locked(self) -> tuple:
         if self.table.sync():
             self.core.invalidate("structure")
         self._watched_now, lora_key, lora_merged = self._scan()
@@ -377,13 +437,14 @@ class ModulatorCache(ModelHook):
         ``lora_key`` comes from :meth:`prepare`; the key equals the one a forward call builds.
         """
         _, key = self._key(cond, cond.timestep.detach().to("cpu"), lora_key)
-        if key in self.core.store:
-            return False
-        values = self._compute(cond)
-        self.core.put(key, values)
-        if not self.core.has_probe:
-            self.core.expect_probe(_clone_tree(cond), self._flat(values))
-        return True
+        with self.core.lock:
+            if key in self.core.store:
+                return False
+            values = self._compute(cond)
+            self.core.put(key, values)
+            if not self.core.has_probe:
+                self.core.expect_probe(_clone_tree(cond), self._flat(values))
+            return True
 
     def _note_stream(self, stream: Any, t_host: Tensor) -> None:
         # Schedules run from high to low timesteps; a timestep that does not decrease for the
@@ -392,7 +453,9 @@ class ModulatorCache(ModelHook):
         tval = float(t_host.float().max()) if t_host.numel() else 0.0
         last = self._streams.get(stream)
         if last is None or tval >= last:
-            self.core.request_probe()
+            self.core.request_verify()
+            if self.config.probe == "render":
+                self.core.request_probe()
         self._streams[stream] = tval
         self._streams.move_to_end(stream)
         while len(self._streams) > _MAX_STREAMS:
@@ -409,7 +472,9 @@ def apply_modulator_cache(transformer: nn.Module, config: ModulatorCacheConfig |
     Args:
         transformer: ``DiTTransformer2DModel``, ``PixArtTransformer2DModel``,
             ``SD3Transformer2DModel``, ``FluxTransformer2DModel``, ``AuraFlowTransformer2DModel``
-            or ``SanaTransformer2DModel`` (or a ``torch.compile`` wrapper of one). Any other class is refused with
+            or ``SanaTransformer2DModel``, or one of the image families in
+            :data:`fusion_diffusers.families.FAMILIES` (Qwen-Image, FLUX.2, Z-Image, …), or a
+            ``torch.compile`` wrapper of one. Any other class is refused with
             :class:`fusion_diffusers.UnsupportedModelError` naming it.
         config: :class:`ModulatorCacheConfig` (defaults when None).
 
@@ -446,6 +511,7 @@ def apply_modulator_cache(transformer: nn.Module, config: ModulatorCacheConfig |
     table = SlotTable.acquire(model, _USER)  # raises UnsupportedModelError for unknown models
     hook = ModulatorCache(table, config)
     registry.register_hook(hook, CACHE_HOOK_NAME)
+    make_portable(model)  # deepcopy / pickle follow the copy's own hooks
     registry.invalidate_child_registries_cache()
     return hook
 
@@ -463,6 +529,7 @@ def remove_modulator_cache(transformer: nn.Module) -> None:
     if hook is None:
         return
     model._diffusers_hook.remove_hook(CACHE_HOOK_NAME, recurse=False)
+    make_portable(model)
     if hook.offload is not None:
         # Bring the modulator weights back to where the rest of the model runs.
         home = hook.resident_report().execution_device

@@ -144,9 +144,10 @@ def compute_modulators(
             DiT: ``class_labels``; PixArt: ``added_cond_kwargs`` and ``batch_size``;
             SD3: ``pooled_projections``; Flux: ``pooled_projections``, ``guidance``;
             Sana: ``guidance`` (Sprint), ``batch_size``; AuraFlow: none (timestep only);
-            video families: ``resolve_family(transformer).conditioning`` (e.g. HunyuanVideo:
-            ``pooled_projections``, ``guidance``; LTX-2: ``audio_timestep``, ``sigma``, …), plus
-            ``<name>_dtype`` for each of the family's ``dtype_args`` (Wan:
+            the other families: their ``Family.conditioning`` (e.g. HiDream ``pooled_embeds``,
+            CogView4 ``original_size``/``target_size``/``crop_coords``, FLUX.2 ``guidance``;
+            HunyuanVideo ``pooled_projections``, ``guidance``; LTX-2 ``audio_timestep``,
+            ``sigma``, …), plus ``<name>_dtype`` for each of the family's ``dtype_args`` (Wan:
             ``encoder_hidden_states_dtype``, default the hidden dtype).
             ``batch_size`` defaults to the timestep's length.
 
@@ -213,6 +214,9 @@ def conditioning_for(
         raise ValueError("pooled_projections is required for SD3Transformer2DModel")
     if family.name == "flux" and values["pooled_projections"] is None:
         raise ValueError("pooled_projections is required for FluxTransformer2DModel")
+    for name in family.required:
+        if values[name] is None:
+            raise ValueError(f"{name} is required for {family.model_class.__name__}")
     if "batch_size" in values and values["batch_size"] is None:
         values["batch_size"] = timestep.shape[0] if timestep.dim() else 1
     dtype = hidden_dtype if hidden_dtype is not None else model.dtype

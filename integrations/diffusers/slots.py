@@ -6,6 +6,13 @@ Each modulator site (a ``norm*.linear``, an embedder, ``adaln_single``, ``proj_o
 tensor, which it returns without running the module. Block code, attention processors,
 ControlNet residuals and IP-Adapters are never touched (docs/design.md §3).
 
+Armed values are **call-local**: they live in thread-local storage keyed by the slot, never on
+the shared hook or module, so any number of threads can run one cached transformer at once
+(each forward call runs on one thread; nested arming — the cache inside, the block patcher
+inside it — saves and restores the previous value). ``torch.compile`` traces the thread-local
+read without a graph break (measured on torch 2.13); a new tensor each step is a graph input,
+not a recompile (docs/design.md §4.4).
+
 Two users arm slots:
 
 * the modulator cache (:mod:`fusion_diffusers.hooks`) arms every slot for the duration of one
@@ -34,6 +41,8 @@ Example:
 
 from __future__ import annotations
 
+import itertools
+import threading
 from typing import Any
 
 from torch import nn
@@ -41,29 +50,48 @@ from torch import nn
 from diffusers.hooks import HookRegistry, ModelHook
 
 from .families import Family, resolve_family, site_paths
+from .hook_chain import make_portable
 
 __all__ = ["SLOT_HOOK_NAME", "ModulatorSlotHook", "SlotTable"]
 
 SLOT_HOOK_NAME = "fusion_modulator_slot"
 _TABLE_ATTR = "_fusion_modulator_slots"
 
+#: Per-thread armed values: attribute ``hook.slot_name`` → tensor (absent/None: empty slot).
+_ARMED = threading.local()
+_SLOT_IDS = itertools.count()
+
 
 class ModulatorSlotHook(ModelHook):
-    """Returns ``self.value`` instead of running the module while armed (``value is not None``).
+    """Returns the value armed *for the calling thread* instead of running the module.
 
-    The value is read as a plain attribute so that ``torch.compile`` treats it as a graph input
-    (guarded on shape/dtype/device, not identity): a new tensor each denoising step does not
-    recompile (docs/design.md §4.4).
+    The value is read with a plain ``getattr`` on a ``threading.local`` so that
+    ``torch.compile`` treats it as a graph input (guarded on shape/dtype/device, not identity):
+    a new tensor each denoising step does not recompile (docs/design.md §4.4).
     """
 
     _is_stateful = False
 
     def __init__(self) -> None:
         super().__init__()
-        self.value: Any = None
+        self.slot_name = f"slot{next(_SLOT_IDS)}"
+
+    @property
+    def value(self) -> Any:
+        """The value armed for the calling thread (None: empty)."""
+        return getattr(_ARMED, self.slot_name, None)
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        setattr(_ARMED, self.slot_name, value)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A copy (deepcopy/pickle) gets its own slot: arming the copy never arms the original.
+        self.__dict__.update(state)
+        self.slot_name = f"slot{next(_SLOT_IDS)}"
 
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        value = self.value
+        value = getattr(_ARMED, self.slot_name, None)
         if value is not None:
             return value
         return self.fn_ref.original_forward(*args, **kwargs)
@@ -84,12 +112,14 @@ def _register(module: nn.Module, hook: ModulatorSlotHook) -> None:
     registry = HookRegistry.check_if_exists_or_initialize(module)
     if registry.get_hook(SLOT_HOOK_NAME) is None:
         registry.register_hook(hook, SLOT_HOOK_NAME)
+        make_portable(module)
 
 
 def _unregister(module: nn.Module) -> None:
     registry = getattr(module, "_diffusers_hook", None)
     if registry is not None and registry.get_hook(SLOT_HOOK_NAME) is not None:
         registry.remove_hook(SLOT_HOOK_NAME, recurse=False)
+        make_portable(module)
 
 
 class SlotTable:
@@ -173,7 +203,8 @@ class SlotTable:
     # ---------------------------------------------------------------- arming
 
     def arm(self, values: dict[str, Any]) -> dict[str, Any]:
-        """Arm the named slots; returns their previous values (pass it to :meth:`restore`)."""
+        """Arm the named slots for the calling thread; returns their previous values (pass it
+        to :meth:`restore`)."""
         previous = {}
         for path, value in values.items():
             hook = self.sites[path].hook
@@ -187,6 +218,6 @@ class SlotTable:
             self.sites[path].hook.value = value
 
     def disarm_all(self) -> None:
-        """Empty every slot."""
+        """Empty every slot (for the calling thread)."""
         for site in self.sites.values():
             site.hook.value = None

@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 
 from .config import ModulatorCacheConfig
 from .hooks import apply_modulator_cache, get_modulator_cache, remove_modulator_cache
+from .pipelines import resolve_transformer
 
 __all__ = ["EquivalenceReport", "verify_equivalence"]
 
@@ -74,6 +77,7 @@ def verify_equivalence(
     *,
     config: ModulatorCacheConfig | None = None,
     seed: int = 0,
+    progress: bool | None = None,
     **inputs: Any,
 ) -> EquivalenceReport:
     """Run uncached once and cached twice; report bit-equality and the largest difference.
@@ -83,13 +87,17 @@ def verify_equivalence(
         config: config used if the cache has to be applied for the check (it is removed again);
             an already applied cache is used as is (disabled for the reference run).
         seed: pipelines get ``generator=torch.Generator(device).manual_seed(seed)`` per run.
+        progress: one progress bar over the three runs (the pipeline's own per-run bars are
+            silenced meanwhile and restored afterwards). ``None`` (default): on for pipelines,
+            off for a bare transformer (one forward each, instant).
         **inputs: forward kwargs (transformer) or call kwargs (pipeline; ``output_type``
             defaults to ``"pt"``).
     """
     is_pipe = not isinstance(pipe_or_transformer, nn.Module)
-    transformer = pipe_or_transformer.transformer if is_pipe else pipe_or_transformer
+    transformer = resolve_transformer(pipe_or_transformer, "verify_equivalence")
     if is_pipe:
         inputs.setdefault("output_type", "pt")
+    show = is_pipe if progress is None else bool(progress)
 
     def run() -> Tensor:
         kwargs = dict(inputs)
@@ -103,15 +111,43 @@ def verify_equivalence(
     applied_here = cache is None
     if applied_here:
         cache = apply_modulator_cache(transformer, config)
-    try:
-        with cache.disabled():
-            reference = run()
-        hits0, misses0 = cache.stats.hits, cache.stats.misses
-        outs = [run(), run()]
-        hits, misses = cache.stats.hits - hits0, cache.stats.misses - misses0
-    finally:
-        if applied_here:
-            remove_modulator_cache(transformer)
+    with _one_progress_bar(pipe_or_transformer if is_pipe else None, show) as bar:
+        try:
+            bar.set_postfix_str("uncached reference")
+            with cache.disabled():
+                reference = run()
+            bar.update(1)
+            hits0, misses0 = cache.stats.hits, cache.stats.misses
+            outs = []
+            for label in ("cached: fill", "cached: replay"):
+                bar.set_postfix_str(label)
+                outs.append(run())
+                bar.update(1)
+            hits, misses = cache.stats.hits - hits0, cache.stats.misses - misses0
+        finally:
+            if applied_here:
+                remove_modulator_cache(transformer)
     equal = all(_bits_equal(o, reference) for o in outs)
     diff = max(float((o.double() - reference.double()).abs().max()) if o.numel() else 0.0 for o in outs)
     return EquivalenceReport(bit_equal=equal, max_abs_diff=diff, hits=hits, misses=misses, runs=len(outs))
+
+
+@contextmanager
+def _one_progress_bar(pipe: Any, show: bool) -> Iterator[Any]:
+    """A tqdm bar over the three runs; a pipeline's own bars are off inside and restored after."""
+    from tqdm.auto import tqdm
+
+    saved = getattr(pipe, "_progress_bar_config", None) if pipe is not None else None
+    had = pipe is not None and hasattr(pipe, "_progress_bar_config")
+    if pipe is not None and hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(**{**(saved or {}), "disable": True})
+    bar = tqdm(total=3, desc="verify_equivalence", unit="run", disable=not show)
+    try:
+        yield bar
+    finally:
+        bar.close()
+        if pipe is not None and hasattr(pipe, "set_progress_bar_config"):
+            if had:
+                pipe._progress_bar_config = saved
+            else:
+                del pipe._progress_bar_config

@@ -5,8 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["blocks", "config", "discover", "families", "hooks", "modulators", "precompute", "provenance",
-           "selfcheck", "slots", "support", "tiny", "verify"]
+MODULES = ["blocks", "config", "discover", "families", "hooks", "modulators", "pipelines", "precompute",
+           "provenance", "selfcheck", "slots", "support", "tiny", "verify"]
 
 
 @pytest.mark.parametrize("name", MODULES)

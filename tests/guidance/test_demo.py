@@ -28,23 +28,29 @@ def tiny_settings() -> demo.DemoSettings:
         steps=3,
         seeds=2,
         rho=0.5,
+        repeats=3,
     )
 
 
 def test_demo_end_to_end_on_tiny_settings(tmp_path):
     lines: list[str] = []
     s = tiny_settings()
-    summary = demo.run_demo(s, tmp_path / "out", tmp_path / "cache", log=lines.append)
+    summary = demo.run_demo(s, tmp_path / "out", tmp_path / "cache", log=lines.append, progress=False)
     assert summary["models"] == "trained"
+    speedup = summary["cache_speedup"]  # median of interleaved pairs, with its spread
+    assert speedup["pairs"] == 3 and len(speedup["uncached_seconds"]) == len(speedup["cached_seconds"]) == 3
+    assert speedup["min"] <= speedup["median"] <= speedup["max"]
+    assert summary["control_error_db"]["metric"].startswith("mean absolute error")
     assert summary["bit_identical"] == {"guided": True, "unguided": True}
     assert len(summary["control_error_db"]["guided"]) == 2
     assert Path(summary["files"]["plot"]).stat().st_size > 1000
     saved = json.loads(Path(summary["files"]["json"]).read_text())
     assert saved["bit_identical"]["guided"] is True
     text = "\n".join(lines)
-    assert "loudness error, guided" in text and "bit for bit" in text and str(tmp_path / "out") in text
+    assert "loudness mean absolute error, guided" in text and "bit for bit" in text and str(tmp_path / "out") in text
+    assert "median of 3 interleaved pairs" in text and "range" in text
     # second run loads the cached checkpoints and reproduces the same renders
-    again = demo.run_demo(s, tmp_path / "out", tmp_path / "cache", log=lambda _: None)
+    again = demo.run_demo(s, tmp_path / "out", tmp_path / "cache", log=lambda _: None, progress=False)
     assert again["models"] == "cache"
     assert again["control_error_db"]["guided"] == summary["control_error_db"]["guided"]
 
@@ -99,3 +105,18 @@ def test_make_demo_script_runs(tmp_path):
         capture_output=True, text=True, timeout=1800, check=True,
     )
     assert "bit for bit (guided / unguided) | True / True" in out.stdout
+
+
+def test_make_demo_installs_only_the_demo_extra(tmp_path):
+    """`make demo` installs the `demo` extra (music21, matplotlib), never the test extras."""
+    import shutil
+
+    tomllib = pytest.importorskip("tomllib")
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    plan = subprocess.run(["make", "-n", "-C", str(ROOT), "demo", f"VENV={tmp_path / 'venv'}"],
+                          capture_output=True, text=True, check=True).stdout
+    assert 'pip install -e ".[demo]"' in plan and "[test]" not in plan
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["demo"] == ["fusion-dit[data,viz]"]
+    assert not any(name.startswith(("pytest", "hypothesis", "ruff")) for name in extras["data"] + extras["viz"])

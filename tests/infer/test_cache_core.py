@@ -235,18 +235,53 @@ def test_core_hits_and_invalidates_on_data_write():
     assert c.core.stats.invalidations_by_reason["content"] == 1
 
 
-def test_core_probe_catches_change_the_cheap_checks_miss():
-    # tripwire off + a `.data` write = invisible to fingerprint and tripwire; the probe sees it
+def test_core_render_digest_catches_change_the_cheap_checks_miss():
+    # tripwire off + a `.data` write = invisible to identity and tripwire; the digest sees it
     c = _LinCache(_lin(), samples_per_tensor=0, probe_every=None)
     x = torch.randn(1, 8)
     c(x)
     c.lin.weight.data[3, 5] += 1.0
-    assert not torch.equal(c(x), c._compute(x))  # stale without a probe: the residual risk
-    with c.core.render():  # render boundary → bitwise probe → invalidation
+    assert not torch.equal(c(x), c._compute(x))  # inside a render: stale until the next render
+    with c.core.render():  # render boundary → exact digests → invalidation
         y = c(x)
     assert torch.equal(y, c._compute(x))
-    assert c.core.stats.probe_failures == 1
-    assert c.core.stats.invalidations_by_reason["probe"] == 1
+    assert c.core.stats.invalidations_by_reason["digest"] == 1
+
+
+def test_core_verify_lookup_catches_change_at_the_next_lookup():
+    c = _LinCache(_lin(), samples_per_tensor=0, probe_every=None, verify="lookup")
+    x = torch.randn(1, 8)
+    c(x)
+    c.lin.weight.data[3, 5] += 1.0
+    assert torch.equal(c(x), c._compute(x))
+    assert c.core.stats.invalidations_by_reason["digest"] == 1
+
+
+def test_core_probe_catches_state_outside_the_watched_tensors():
+    lin = _lin()
+    scale = [1.0]
+
+    def compute(x):
+        with torch.no_grad():
+            return lin(x) * scale[0]
+
+    core = CacheCore([], recompute_probe=compute, probe_every=None)  # watches nothing
+
+    def cached(x):
+        core.validate()
+        y = core.get(make_key(x))
+        if y is None:
+            y = compute(x)
+            core.put(make_key(x), y)
+            core.expect_probe(x, y)
+        return y
+
+    x = torch.randn(1, 8)
+    cached(x)
+    scale[0] = 2.0
+    with core.render():
+        assert torch.equal(cached(x), compute(x))
+    assert core.stats.invalidations_by_reason["probe"] == 1 and core.stats.probe_failures == 1
 
 
 def test_core_probe_every_and_request_probe():
@@ -254,14 +289,14 @@ def test_core_probe_every_and_request_probe():
     x = torch.randn(1, 8)
     c(x)
     c.lin.weight.data[0, 0] += 1.0
-    c(x)  # 2nd validate: no probe yet → stale value served
-    y = c(x)  # 3rd validate runs the probe
+    c(x)  # 2nd validate: nothing due yet → stale value served
+    y = c(x)  # 3rd validate compares the exact digests
     assert torch.equal(y, c._compute(x))
-    assert c.core.stats.probes == 1
+    assert c.core.stats.verifications == 1
     c.lin.weight.data[0, 1] += 1.0
     c.core.request_probe()
     assert torch.equal(c(x), c._compute(x))
-    assert c.core.stats.probe_failures == 2
+    assert c.core.stats.invalidations_by_reason["digest"] == 2
 
 
 def test_core_confirm_probe_piggyback():
@@ -291,3 +326,5 @@ def test_core_rejects_bad_arguments():
         CacheCore([], probe_every=0)
     with pytest.raises(TypeError, match="recompute_probe"):
         CacheCore([], recompute_probe=3)
+    with pytest.raises(ValueError, match="verify must be one of"):
+        CacheCore([], verify="sometimes")

@@ -157,7 +157,7 @@ def test_explicit_invalidate_for_changes_no_check_can_see():
     assert cache.stats.invalidations_by_reason["explicit"] == 1
 
 
-def test_render_probe_catches_sparse_data_edit():
+def test_render_digest_catches_sparse_data_edit():
     head = small_head(11)
     cache = TimeConditioningCache(head, samples_per_tensor=0, probe_every=None).attach()
     x = latents(2, seed=5)
@@ -165,10 +165,10 @@ def test_render_probe_catches_sparse_data_edit():
     head.final.adaLN_mod[1].weight.data[7, 1] -= 0.5
     with cache.render():
         _assert_fresh(head, x, before)
-    assert cache.stats.invalidations_by_reason["probe"] == 1
+    assert cache.stats.invalidations_by_reason["digest"] == 1
 
 
-def test_periodic_probe():
+def test_periodic_digest():
     head = small_head(11)
     cache = TimeConditioningCache(head, samples_per_tensor=0, probe_every=2).attach()
     x = latents(2, seed=5)
@@ -177,9 +177,9 @@ def test_periodic_probe():
     with torch.no_grad():
         stale = head(x, TS[1])  # 1st lookup since the probe: not due yet
         assert torch.equal(stale, before[1])
-        fresh = head(x, TS[1])  # 2nd lookup: probe (sentinel t has no zero sine feature)
+        fresh = head(x, TS[1])  # 2nd lookup: exact digests compared
     assert torch.equal(fresh, uncached(head, x, TS[1])) and not torch.equal(fresh, stale)
-    assert cache.stats.invalidations_by_reason["probe"] == 1
+    assert cache.stats.invalidations_by_reason["digest"] == 1
     _assert_fresh(head, x, before)
 
 
@@ -196,7 +196,7 @@ def test_miss_computation_probes_for_free_and_refreshes_hits_in_the_same_batch(s
     _assert_fresh(head, x, before)
 
 
-def test_probe_on_first_lookup_after_attach():
+def test_digest_on_first_lookup_after_attach():
     head = small_head(11)
     cache = TimeConditioningCache(head, samples_per_tensor=0, probe_every=None).attach()
     x = latents(2, seed=5)
@@ -205,7 +205,7 @@ def test_probe_on_first_lookup_after_attach():
     head.blocks[0].adaLN_mod[1].bias.data[2] += 0.5
     cache.attach()
     _assert_fresh(head, x, before)
-    assert cache.stats.invalidations_by_reason["probe"] == 1
+    assert cache.stats.invalidations_by_reason["digest"] == 1
 
 
 def test_weights_swapped_context(setup):

@@ -14,6 +14,8 @@ MODULES = [
     "fusion_train.training.export",
     "fusion_train.training.telemetry",
     "fusion_train.cli",
+    "fusion_train.data.describe",
+    "fusion_train.data.piece_cache",
 ]
 
 

@@ -8,11 +8,15 @@ table, so supporting a new model means adding one module here (a :class:`Family`
 listing it in :data:`FAMILIES` and proving it bit-exact in the tests.
 
 One module per family (diffusers 0.42.1 sources; the papers are cited in each module):
-:mod:`.dit`, :mod:`.pixart`, :mod:`.sd3`, :mod:`.flux`, :mod:`.auraflow`, :mod:`.sana`; video
-and audio-video: :mod:`.wan`, :mod:`.wan_vace`, :mod:`.chronoedit`, :mod:`.skyreels_v2`, :mod:`.hunyuan_video`,
-:mod:`.hunyuan_video15`, :mod:`.ltx`, :mod:`.ltx2`, :mod:`.minimax_h3`, :mod:`.cogvideox`,
-:mod:`.sana_video`, :mod:`.mochi`, :mod:`.allegro`, :mod:`.latte`, :mod:`.consisid`, :mod:`.hunyuan_video_framepack`,
-:mod:`.easyanimate`; shared
+:mod:`.dit`, :mod:`.pixart`, :mod:`.sd3`, :mod:`.flux`, :mod:`.auraflow`, :mod:`.sana`; image:
+:mod:`.qwen_image`, :mod:`.flux2`, :mod:`.z_image`, :mod:`.chroma`, :mod:`.hidream`,
+:mod:`.lumina2`, :mod:`.cogview4`, :mod:`.hunyuan_dit`, :mod:`.krea2`, :mod:`.longcat_image`,
+:mod:`.bria`, :mod:`.bria_fibo`, :mod:`.ovis_image`, :mod:`.qwen_image21`, :mod:`.cogview3plus`,
+:mod:`.glm_image`, :mod:`.ernie_image`, :mod:`.omnigen`, :mod:`.hunyuan_image`,
+:mod:`.nucleusmoe_image`; video and audio-video: :mod:`.wan`, :mod:`.wan_vace`, :mod:`.chronoedit`,
+:mod:`.skyreels_v2`, :mod:`.hunyuan_video`, :mod:`.hunyuan_video15`, :mod:`.ltx`, :mod:`.ltx2`,
+:mod:`.minimax_h3`, :mod:`.cogvideox`, :mod:`.sana_video`, :mod:`.mochi`, :mod:`.allegro`,
+:mod:`.latte`, :mod:`.consisid`, :mod:`.hunyuan_video_framepack`, :mod:`.easyanimate`; shared
 computations in :mod:`.patterns`, the :class:`Family` type in :mod:`.base`.
 
 Every model class not listed here — and every subclass of a listed class, whose ``forward`` may
@@ -34,27 +38,47 @@ from torch import nn
 from . import (
     allegro,
     auraflow,
+    bria,
+    bria_fibo,
+    chroma,
     chronoedit,
     cogvideox,
+    cogview3plus,
+    cogview4,
     consisid,
     dit,
     easyanimate,
+    ernie_image,
     flux,
+    flux2,
+    glm_image,
+    hidream,
+    hunyuan_dit,
+    hunyuan_image,
     hunyuan_video,
     hunyuan_video15,
     hunyuan_video_framepack,
+    krea2,
     latte,
+    longcat_image,
     ltx,
     ltx2,
+    lumina2,
     minimax_h3,
     mochi,
+    nucleusmoe_image,
+    omnigen,
+    ovis_image,
     pixart,
+    qwen_image,
+    qwen_image21,
     sana,
     sana_video,
     sd3,
     skyreels_v2,
     wan,
     wan_vace,
+    z_image,
 )
 from .base import CallConditioning, ComputeFn, Family, UnsupportedModelError
 
@@ -71,7 +95,12 @@ __all__ = [
 ]
 
 #: Every supported class → its family.
-_IMAGE = (dit, pixart, sd3, flux, auraflow, sana)
+_IMAGE = (
+    dit, pixart, sd3, flux, auraflow, sana,
+    qwen_image, flux2, z_image, chroma, hidream, lumina2, cogview4, hunyuan_dit, krea2,
+    longcat_image, bria, bria_fibo, ovis_image, qwen_image21, cogview3plus, glm_image, ernie_image, omnigen,
+    hunyuan_image, nucleusmoe_image,
+)
 _VIDEO = (
     wan, wan_vace, chronoedit, skyreels_v2, hunyuan_video, hunyuan_video15, ltx, ltx2, minimax_h3, cogvideox,
     sana_video, mochi, allegro, latte, consisid, hunyuan_video_framepack, easyanimate,
@@ -115,6 +144,8 @@ def block_paths(model: nn.Module, family: Family) -> list[str]:
 def site_paths(model: nn.Module, family: Family) -> list[str]:
     """Dotted paths of every modulator site: model-level sites first, then blocks in order."""
     paths = list(family.model_sites if family.model_sites_of is None else family.model_sites_of(model))
+    if family.dynamic_model_sites is not None:
+        paths.extend(family.dynamic_model_sites(model))
     for bpath in block_paths(model, family):
         block = model.get_submodule(bpath)
         paths.extend(f"{bpath}.{rel}" for rel in family.block_sites(block))

@@ -68,6 +68,16 @@ class Family:
         verified_versions: diffusers versions the family was proven bit-exact on; on any other
             version the first ``apply_modulator_cache`` runs a self-check on a tiny instance
             (:func:`fusion_diffusers.selfcheck.ensure_verified`).
+        timestep_arg: name of the forward argument holding the timestep (``"timesteps"`` for
+            HiDream, ``"t"`` for Z-Image).
+        hidden_arg: name of the forward argument holding the latents; a list (Z-Image) gives
+            the hidden dtype of its first tensor and the batch size of its length.
+        required: conditioning names :func:`~fusion_diffusers.compute_modulators` must be given.
+        uncacheable_call: bound forward arguments → a reason when *this call* cannot be served
+            from one entry (e.g. a module run twice with different inputs in one forward); the
+            cache then runs the call uncached (counted in ``stats.bypassed``). None: always served.
+        dynamic_model_sites: model → extra model-level site paths that depend on the config
+            (e.g. one final layer per patch size), appended after ``model_sites``.
     """
 
     name: str
@@ -83,21 +93,40 @@ class Family:
     dtype_args: tuple[str, ...] = ()
     model_sites_of: Callable[[nn.Module], tuple[str, ...]] | None = None
     verified_versions: tuple[str, ...] = ("0.42.1",)
+    timestep_arg: str = "timestep"
+    hidden_arg: str = "hidden_states"
+    required: tuple[str, ...] = ()
+    uncacheable_call: Callable[[nn.Module, dict[str, Any]], str | None] | None = None
+    dynamic_model_sites: Callable[[nn.Module], tuple[str, ...]] | None = None
 
-    def call_conditioning(self, model: nn.Module, args: tuple, kwargs: dict) -> CallConditioning:
-        """Bind a forward call's arguments and pick out what the modulators depend on."""
+    def call_conditioning(self, model: nn.Module, args: tuple, kwargs: dict) -> CallConditioning | None:
+        """Bind a forward call's arguments and pick out what the modulators depend on.
+
+        Returns None when ``uncacheable_call`` names a reason this call cannot be served, and
+        under ``torch.autocast``: the forwards take the dtype of their modulator inputs from
+        intermediate activations (``timestep.to(x_embedder(x).dtype)``, ``emb.to(hidden.dtype)``)
+        that autocast changes, which a computation from the call's inputs cannot reproduce
+        bit for bit.
+        """
         bound = _forward_signature(self.model_class).bind(model, *args, **kwargs)
         arguments = bound.arguments
-        hidden_states = arguments["hidden_states"]
-        timestep = arguments.get("timestep")
+        if self.uncacheable_call is not None and self.uncacheable_call(model, arguments) is not None:
+            return None
+        hidden_states = arguments[self.hidden_arg]
+        batch = len(hidden_states) if isinstance(hidden_states, (list, tuple)) else None
+        while isinstance(hidden_states, (list, tuple)):
+            hidden_states = hidden_states[0]
+        timestep = arguments.get(self.timestep_arg)
         if not isinstance(timestep, Tensor):
             raise TypeError(
-                f"{self.model_class.__name__}: the modulator cache needs `timestep` as a torch.Tensor, "
-                f"got {type(timestep).__name__}"
+                f"{self.model_class.__name__}: the modulator cache needs `{self.timestep_arg}` as a "
+                f"torch.Tensor, got {type(timestep).__name__}"
             )
+        if torch.is_autocast_enabled(timestep.device.type):
+            return None
         values = {name: arguments.get(name) for name in self.conditioning}
         if "batch_size" in values:  # not a forward argument: the models take it from the latents
-            values["batch_size"] = hidden_states.shape[0]
+            values["batch_size"] = hidden_states.shape[0] if batch is None else batch
         for name in self.dtype_args:
             arg = arguments.get(name)
             values[f"{name}_dtype"] = arg.dtype if isinstance(arg, Tensor) else hidden_states.dtype

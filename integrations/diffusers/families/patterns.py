@@ -3,23 +3,43 @@
 * ``AdaLayerNormZero`` / ``SD35AdaLayerNormZeroX`` / ``AdaLayerNormZeroSingle``
   (diffusers ``models/normalization.py``): ``linear(silu(emb))``.
 * ``AdaLayerNormContinuous`` and ``AuraFlowPreFinalBlock``: ``linear(silu(c).to(x.dtype))``.
-* adaLN-single models (PixArt, Sana, LTX, Sana-Video) have no per-block site: blocks only add
-  learned tables.
+* adaLN-single models (PixArt, Sana, LTX, Sana-Video, Krea2, Chroma) have no per-block site:
+  blocks only add learned tables or slice a shared tensor.
 * A shared time projection plus per-block learned tables (Wan, Wan-VACE, SkyReels-V2): the
   condition embedder's ``time_embedder`` and ``time_proj`` are the sites; every block adds its own
   ``scale_shift_table`` to the shared projection inside its forward (cheap, not cached).
 * The HunyuanVideo text-token refiners (``HunyuanVideoTokenRefiner``,
   ``HunyuanVideo15TokenRefiner``): only the timestep MLP of their ``time_text_embed`` is a site;
   the rest of their conditioning reads the mean of the prompt tokens.
+* Shared modulation modules called once per forward and handed to every block (FLUX.2) are
+  model-level sites; per-block ``nn.Sequential(SiLU, Linear)`` modulations (Qwen-Image
+  ``img_mod``/``txt_mod``, HiDream/Z-Image ``adaLN_modulation``) are sites as a whole.
+
+Helpers for the families' ``check`` (:func:`blocks_reason`, :func:`module_reason`) and for
+modules that read only the *dtype* of the latents (:func:`dtype_stand_in`) are here too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
+from diffusers.models.normalization import (
+    AdaLayerNormContinuous,
+    AdaLayerNormZero,
+    AdaLayerNormZeroSingle,
+)
+
 __all__ = [
+    "blocks_reason",
+    "flux_style_block_sites",
+    "flux_style_check",
+    "flux_style_values",
     "continuous_linear",
+    "dtype_stand_in",
+    "module_reason",
     "no_block_sites",
     "refiner_timestep_embedding",
     "shared_time_projection",
@@ -79,3 +99,79 @@ def refiner_timestep_embedding(refiner: nn.Module, timestep: Tensor, text_dtype:
     """
     emb = refiner.time_text_embed
     return emb.timestep_embedder(emb.time_proj(timestep).to(dtype=text_dtype))
+
+
+def dtype_stand_in(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An empty tensor standing in for the latents where a module reads only their dtype.
+
+    Qwen-Image's ``QwenTimestepProjEmbeddings`` and Lumina2's ``time_proj(t).type_as(x)`` take the
+    hidden states only to cast to their dtype; an empty tensor of that dtype gives the same bits
+    without depending on (or keying on) the latent tokens.
+    """
+    return torch.empty(0, dtype=dtype, device=device)
+
+
+def module_reason(model: nn.Module, path: str, cls: type) -> str | None:
+    """``None`` when the module at ``path`` is exactly a ``cls``, else the refusal reason."""
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return f"{path} is missing, expected a {cls.__name__}"
+    if type(module) is not cls:
+        return f"{path} is a {type(module).__name__}, expected {cls.__name__}"
+    return None
+
+
+def blocks_reason(model: nn.Module, list_name: str, block_cls: type, parts: dict[str, type] | None = None) -> str | None:
+    """``None`` when every block of ``model.<list_name>`` is exactly ``block_cls`` and each of its
+    submodules named in ``parts`` (relative path → class) is exactly that class."""
+    for i in range(len(getattr(model, list_name))):
+        reason = module_reason(model, f"{list_name}.{i}", block_cls)
+        if reason is None and parts:
+            for rel, cls in parts.items():
+                reason = module_reason(model, f"{list_name}.{i}.{rel}", cls)
+                if reason is not None:
+                    break
+        if reason is not None:
+            return reason
+    return None
+
+
+# ------------------------------------------------------------------ FLUX.1-style MMDiT stacks
+# FLUX.1 (`transformer_flux.py`) and the models built on its layout (LongCat-Image, Bria, Bria
+# FIBO, Ovis-Image): double-stream blocks with `norm1`/`norm1_context` = AdaLayerNormZero,
+# single-stream blocks with `norm` = AdaLayerNormZeroSingle, `norm_out` = AdaLayerNormContinuous,
+# all fed one `temb`.
+
+
+def flux_style_block_sites(double_cls: type) -> Callable[[nn.Module], tuple[str, ...]]:
+    """Block → sites for a FLUX-style stack whose double-stream block class is ``double_cls``."""
+
+    def sites(block: nn.Module) -> tuple[str, ...]:
+        if type(block) is double_cls:
+            return ("norm1.linear", "norm1_context.linear")
+        return ("norm.linear",)
+
+    return sites
+
+
+def flux_style_check(model: nn.Module, double_cls: type, single_cls: type) -> str | None:
+    """Refusal reason unless ``model`` has the FLUX-style block/norm layout."""
+    return (
+        blocks_reason(model, "transformer_blocks", double_cls,
+                      {"norm1": AdaLayerNormZero, "norm1_context": AdaLayerNormZero})
+        or blocks_reason(model, "single_transformer_blocks", single_cls, {"norm": AdaLayerNormZeroSingle})
+        or module_reason(model, "norm_out", AdaLayerNormContinuous)
+    )
+
+
+def flux_style_values(model: nn.Module, temb: Tensor, x_dtype: torch.dtype) -> dict[str, Tensor]:
+    """Every block's and ``norm_out``'s modulator of a FLUX-style stack from one ``temb``."""
+    out: dict[str, Tensor] = {}
+    for i, blk in enumerate(model.transformer_blocks):
+        out[f"transformer_blocks.{i}.norm1.linear"] = zero_linear(blk.norm1, temb)
+        out[f"transformer_blocks.{i}.norm1_context.linear"] = zero_linear(blk.norm1_context, temb)
+    for i, blk in enumerate(model.single_transformer_blocks):
+        out[f"single_transformer_blocks.{i}.norm.linear"] = zero_linear(blk.norm, temb)
+    out["norm_out.linear"] = continuous_linear(model.norm_out, temb, x_dtype)
+    return out
