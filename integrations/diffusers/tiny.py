@@ -595,6 +595,75 @@ def _krea2_inputs(model, batch, dtype, seed):
             "position_ids": ids}
 
 
+def _glm_image_inputs(model, batch, dtype, seed):
+    # CogView4's inputs without `original_size`, plus the AR stage's prior tokens (one per latent
+    # patch) and the per-row flag that drops them (CFG's unconditional row).
+    out = _cogview4_inputs(model, batch, dtype, seed)
+    del out["original_size"]
+    tokens = (out["hidden_states"].shape[-1] // model.config.patch_size) ** 2
+    g = torch.Generator().manual_seed(seed + 1)
+    out["prior_token_id"] = torch.randint(0, model.config.prior_vq_quantizer_codebook_size, (batch, tokens), generator=g)
+    out["prior_token_drop"] = torch.tensor([False, True, False, True][:batch])
+    return out
+
+
+def _bria_fibo_inputs(model, batch, dtype, seed):
+    # FLUX-style packed inputs, plus one text-encoder hidden state per block (dual, then single).
+    out = synth_inputs(model, batch, dtype, seed)
+    c = model.config
+    g = torch.Generator().manual_seed(seed + 1)
+    out["text_encoder_layers"] = [_randn(g, dtype, batch, 5, c.text_encoder_dim)
+                                  for _ in range(c.num_layers + c.num_single_layers)]
+    if c.guidance_embeds:
+        out["guidance"] = torch.tensor([3.0, 5.0, 4.0, 6.0][:batch]).to(dtype)
+    return out
+
+
+def _ernie_image_inputs(model, batch, dtype, seed):
+    # Prompt tokens (B, T, text_in_dim) with per-row valid lengths.
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    return {"hidden_states": _randn(g, dtype, batch, c.in_channels, 4 * c.patch_size, 4 * c.patch_size),
+            "timestep": _timesteps(batch, dtype),
+            "text_bth": _randn(g, dtype, batch, 5, c.text_in_dim),
+            "text_lens": torch.tensor([5, 3, 4, 2][:batch])}
+
+
+def _nucleus_inputs(model, batch, dtype, seed):
+    # Qwen-Image's packed inputs; `img_shapes` is one grid list shared by the batch.
+    out = _qwen_image_inputs(model, batch, dtype, seed)
+    out["img_shapes"] = out["img_shapes"][0]
+    return out
+
+
+def _omnigen_inputs(model, batch, dtype, seed):
+    # Text-to-image: 5 prompt token ids, the time token, 16 latent tokens, a full attention mask.
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    text, image = 5, 16
+    seq = text + 1 + image
+    return {"hidden_states": _randn(g, dtype, batch, c.in_channels, 4 * c.patch_size, 4 * c.patch_size),
+            "timestep": _timesteps(batch, dtype, 1.0),
+            "input_ids": torch.randint(1, c.vocab_size, (batch, text), generator=g),
+            "input_img_latents": [], "input_image_sizes": {},
+            "attention_mask": torch.ones(batch, seq, seq, dtype=dtype),
+            "position_ids": torch.arange(seq).repeat(batch, 1)}
+
+
+def _qwen_image21_inputs(model, batch, dtype, seed):
+    # Packed 4x4 latent tokens; `img_mask` marks the 4 image slots (2x2 tokens each) after the text.
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    text = 5
+    img_mask = torch.zeros(batch, text + 4, dtype=torch.bool)
+    img_mask[:, text:] = True
+    return {"hidden_states": _randn(g, dtype, batch, 16, c.in_channels),
+            "encoder_hidden_states": _randn(g, dtype, batch, text, c.context_in_dim),
+            "timestep": _timesteps(batch, dtype, 1.0),
+            "img_shapes": [[(1, 4, 4)]] * batch,
+            "img_mask": img_mask}
+
+
 #: class name → :class:`TinySpec`. Add an entry when a class needs more than the generic rules.
 SPECS: dict[str, TinySpec] = {
     "DiTTransformer2DModel": TinySpec({"sample_size": 8, "out_channels": None}, _dit_inputs),
@@ -647,4 +716,18 @@ SPECS: dict[str, TinySpec] = {
         {"num_layers": 4, "cross_attention_dim_t5": 16, "text_len": 4, "text_len_t5": 6}, _hunyuan_dit_inputs,
         defaults={"in_channels": 4, "patch_size": 2}),
     "Krea2Transformer2DModel": TinySpec({"in_channels": 8}, _krea2_inputs),
+    "BriaFiboTransformer2DModel": TinySpec({"in_channels": 8}, _bria_fibo_inputs),
+    "CogView3PlusTransformer2DModel": TinySpec({}, _cogview4_inputs),
+    "GlmImageTransformer2DModel": TinySpec({"prior_vq_quantizer_codebook_size": 32}, _glm_image_inputs),
+    "ErnieImageTransformer2DModel": TinySpec({"in_channels": 8, "out_channels": 8}, _ernie_image_inputs),
+    # 5 layers: the default dense strategy keeps blocks 0-2 and the last dense, so block 3 routes;
+    # expert-choice capacity (factor x tokens / experts) must not exceed the tiny sequence.
+    "NucleusMoEImageTransformer2DModel": TinySpec(
+        {"in_channels": 8, "num_layers": 5, "num_experts": 4, "capacity_factors": 1.0}, _nucleus_inputs),
+    # Phi-3 long-rope factors: one per rotary frequency of the tiny head (16 / 2).
+    "OmniGenTransformer2DModel": TinySpec(
+        {"vocab_size": 64, "pad_token_id": 0,
+         "rope_scaling": {"long_factor": [1.0 + 0.25 * i for i in range(8)], "short_factor": [1.0] * 8}},
+        _omnigen_inputs),
+    "QwenImage21Transformer2DModel": TinySpec({"in_channels": 8, "out_channels": 8}, _qwen_image21_inputs),
 }
