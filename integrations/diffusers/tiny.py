@@ -700,7 +700,8 @@ SPECS: dict[str, TinySpec] = {
     # Latte-1's config: the class defaults (layer norm, no channels) build no working model.
     "LatteTransformer3DModel": TinySpec(
         {"video_length": 2}, None,
-        defaults={"in_channels": 4, "out_channels": 8, "patch_size": 2, "norm_type": "ada_norm_single",
+        defaults={"num_layers": 28, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8, "patch_size": 2,
+                  "norm_type": "ada_norm_single",
                   "num_embeds_ada_norm": 1000, "caption_channels": 4096, "cross_attention_dim": 1152,
                   "activation_fn": "gelu-approximate", "attention_bias": True,
                   "norm_elementwise_affine": False, "norm_eps": 1e-6}),
@@ -709,12 +710,14 @@ SPECS: dict[str, TinySpec] = {
     # (2 dual + 2 single) reads one Llama layer.
     "HiDreamImageTransformer2DModel": TinySpec(
         {"caption_channels": [16, 8], "llama_layers": [0, 1, 2, 3]}, _hidream_inputs,
-        defaults={"patch_size": 2, "in_channels": 16, "out_channels": 16, "axes_dims_rope": (64, 32, 32)}),
+        defaults={"patch_size": 2, "in_channels": 16, "out_channels": 16, "axes_dims_rope": (64, 32, 32),
+                  "caption_channels": [4096, 4096], "llama_layers": list(range(48))}),
     "CogView4Transformer2DModel": TinySpec({}, _cogview4_inputs, unreduced=("rope_axes_dim",)),
-    # 4 layers: the second half of Hunyuan-DiT's stack takes long skips from the first.
+    # Hunyuan-DiT v1.x's layout; 4 tiny layers: the second half of the stack takes long skips
+    # from the first.
     "HunyuanDiT2DModel": TinySpec(
         {"num_layers": 4, "cross_attention_dim_t5": 16, "text_len": 4, "text_len_t5": 6}, _hunyuan_dit_inputs,
-        defaults={"in_channels": 4, "patch_size": 2}),
+        defaults={"in_channels": 4, "patch_size": 2, "hidden_size": 1408, "num_layers": 40, "sample_size": 128}),
     "Krea2Transformer2DModel": TinySpec({"in_channels": 8}, _krea2_inputs),
     "BriaFiboTransformer2DModel": TinySpec({"in_channels": 8}, _bria_fibo_inputs),
     "CogView3PlusTransformer2DModel": TinySpec({}, _cogview4_inputs),
@@ -724,10 +727,13 @@ SPECS: dict[str, TinySpec] = {
     # expert-choice capacity (factor x tokens / experts) must not exceed the tiny sequence.
     "NucleusMoEImageTransformer2DModel": TinySpec(
         {"in_channels": 8, "num_layers": 5, "num_experts": 4, "capacity_factors": 1.0}, _nucleus_inputs),
-    # Phi-3 long-rope factors: one per rotary frequency of the tiny head (16 / 2).
+    # Phi-3 long-rope factors: one per rotary frequency of the tiny head (16 / 2). The defaults only
+    # size the lists for the default head (3072 / 32 / 2); their values (1.0: no scaling) are
+    # placeholders, not the released checkpoint's factors.
     "OmniGenTransformer2DModel": TinySpec(
         {"vocab_size": 64, "pad_token_id": 0,
          "rope_scaling": {"long_factor": [1.0 + 0.25 * i for i in range(8)], "short_factor": [1.0] * 8}},
-        _omnigen_inputs),
+        _omnigen_inputs,
+        defaults={"rope_scaling": {"long_factor": [1.0] * 48, "short_factor": [1.0] * 48}}),
     "QwenImage21Transformer2DModel": TinySpec({"in_channels": 8, "out_channels": 8}, _qwen_image21_inputs),
 }
