@@ -74,9 +74,8 @@ def interleaved(fns: dict, repeats: int, device, warmup: int = 1) -> dict[str, f
 
 # ------------------------------------------------------------------ 1. DiT-XL/2 cache
 def section_dit_cache(device, dtype, dry: bool) -> dict:
-    from offload_memory import _inputs, dit_xl
-
     from fusion_diffusers import apply_modulator_cache, remove_modulator_cache
+    from offload_memory import _inputs, dit_xl
 
     layers, steps, repeats = (1, 2, 1) if dry else (28, 28, 3)
     torch.manual_seed(0)

@@ -26,7 +26,7 @@ from _report import environment, interleaved_medians, md_table, write_report
 
 from fusion_infer import ControlHead, ControlHeadConfig
 from fusion_train import FusionOpt, build_param_groups, orthogonalize
-from fusion_train.optim.hot_dtype import auto_hot_dtype, measure_cpu_bf16_speedup
+from fusion_train.optim.hot_dtype import auto_hot_dtype, auto_hot_dtype_measurement
 
 
 def make_head(seed: int = 0) -> ControlHead:
@@ -200,8 +200,8 @@ def main() -> None:
     n_params = sum(p.numel() for p in base.parameters())
     batch, frames = 8, 128
     load0 = os.getloadavg()
-    bf16_speedup = measure_cpu_bf16_speedup()
-    auto = auto_hot_dtype("cpu")
+    auto = auto_hot_dtype("cpu")  # the one decision every FusionOpt in this process uses
+    bf16_speedup = auto_hot_dtype_measurement("cpu")
     print(f"loadavg {load0}; bf16 NS speed-up {bf16_speedup:.2f}x -> auto = {auto}", flush=True)
     train = bench_train_step(base, max(3, reps), batch, frames, compile_)
     print("train step done", flush=True)

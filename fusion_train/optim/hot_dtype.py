@@ -35,12 +35,19 @@ import time
 
 import torch
 
-__all__ = ["CPU_BF16_SPEEDUP", "auto_hot_dtype", "clear_auto_cache", "measure_cpu_bf16_speedup"]
+__all__ = [
+    "CPU_BF16_SPEEDUP",
+    "auto_hot_dtype",
+    "auto_hot_dtype_measurement",
+    "clear_auto_cache",
+    "measure_cpu_bf16_speedup",
+]
 
 #: bf16 must be at least this much faster than fp32 on a CPU for "auto" to pick it.
 CPU_BF16_SPEEDUP = 1.25
 
 _CACHE: dict[str, str] = {}
+_MEASURED: dict[str, float] = {}
 
 
 def measure_cpu_bf16_speedup(repeats: int = 7) -> float:
@@ -67,12 +74,19 @@ def auto_hot_dtype(device: torch.device | str) -> str:
         if kind == "cuda":
             _CACHE[kind] = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         elif kind == "cpu":
-            _CACHE[kind] = "bf16" if measure_cpu_bf16_speedup() >= CPU_BF16_SPEEDUP else "fp32"
+            _MEASURED[kind] = measure_cpu_bf16_speedup()
+            _CACHE[kind] = "bf16" if _MEASURED[kind] >= CPU_BF16_SPEEDUP else "fp32"
         else:
             _CACHE[kind] = "fp32"
     return _CACHE[kind]
 
 
+def auto_hot_dtype_measurement(device: torch.device | str = "cpu") -> float | None:
+    """The bf16 speed-up measured when ``"auto"`` was resolved on ``device`` (None if not measured)."""
+    return _MEASURED.get(torch.device(device).type)
+
+
 def clear_auto_cache() -> None:
     """Forget the cached decisions (tests; or after changing the thread count)."""
     _CACHE.clear()
+    _MEASURED.clear()

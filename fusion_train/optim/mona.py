@@ -290,8 +290,12 @@ def mona_gated_step(
     """
     g32 = grad.to(torch.float32)
     weight = (1.0 - beta) * seen.to(torch.float32) * gate.to(torch.float32)
-    new_accel = torch.lerp(accel.to(torch.float32), g32 - prev_grad.to(torch.float32), weight)
-    out = torch.add(g32, new_accel, alpha=alpha)
+    # Differences and G̃ of huge but finite gradients can overflow fp32 (|G| ≳ 1.7e38); clamping to
+    # the finite range keeps A and everything downstream finite and changes no bit below that.
+    big = torch.finfo(torch.float32).max
+    diff = (g32 - prev_grad.to(torch.float32)).clamp_(-big, big)
+    new_accel = torch.lerp(accel.to(torch.float32), diff, weight)
+    out = torch.add(g32, new_accel, alpha=alpha).clamp_(-big, big)
     new_prev = torch.where(gate > 0, grad.to(prev_grad.dtype), prev_grad)
     new_seen = torch.maximum(seen, gate.to(seen.dtype))
     return out, new_accel.to(accel.dtype), new_prev, new_seen

@@ -35,8 +35,12 @@ Without ``sf`` the update is applied to p directly (``p ← p(1 − η_t·λ) �
 ``recipe="muon"`` is torch.optim.Muon's algorithm.
 
 No host synchronisation happens inside ``step()`` (with ``nonfinite="skip"``): a non-finite gradient
-or loss turns the whole step into a no-op through a 0/1 gate tensor and is counted in telemetry;
-MONA buffers and KL factors are gated too. A skipped *first* step leaves the KL state at its
+or loss turns the whole step into a no-op through a 0/1 gate tensor (it adds no Schedule-Free
+averaging weight either) and is counted in telemetry; MONA buffers and KL factors are gated too.
+Finite but huge gradients cannot make a moment or EMA non-finite (``g²`` clamped, Newton–Schulz
+normalised by its largest entry first, MONA differences and KL inputs clamped, Polyak statistics
+clamped), and a direction that still overflows is dropped for that parameter. Bias correction
+counts each parameter's own steps (``state["step"]``), like torch's AdamW. A skipped *first* step leaves the KL state at its
 initial value (zero factors, identity bases), so that parameter's next step updates it from there
 instead of seeding (an identity-seeded start); MONA still skips the difference term then.
 
@@ -742,17 +746,18 @@ class FusionOpt(torch.optim.Optimizer):
                 if not self.sf:
                     state["exp_avg"] = torch.zeros_like(p, dtype=dt)
             beta1, beta2 = group["betas"]
-            k = state["step"].clamp_min(1.0).to(dt)  # a skipped first step leaves it 0
+            k = state["step"].clamp_min(1.0).double()  # a skipped first step leaves it 0
             g = g.to(dt)
             v = state["exp_avg_sq"]
             v.lerp_(_finite_square(g), (1.0 - beta2) * gate.to(dt))
-            denom = (v / (1.0 - beta2**k)).sqrt_().add_(group["eps"])
+            bc2 = (1.0 - beta2**k).to(dt)
+            denom = (v / bc2).sqrt_().add_(group["eps"])
             if self.sf:
                 U = g / denom
             else:
                 m = state["exp_avg"]
                 m.lerp_(g, (1.0 - beta1) * gate.to(dt))
-                U = m / denom / (1.0 - beta1**k)
+                U = m / denom / (1.0 - beta1**k).to(dt)
             out.append((group, p, U))
         return out
 
