@@ -37,7 +37,8 @@ Without ``sf`` the update is applied to p directly (``p ← p(1 − η_t·λ) �
 No host synchronisation happens inside ``step()`` (with ``nonfinite="skip"``): a non-finite gradient
 or loss turns the whole step into a no-op through a 0/1 gate tensor (it adds no Schedule-Free
 averaging weight either) and is counted in telemetry; MONA buffers and KL factors are gated too.
-Finite but huge gradients cannot make a moment or EMA non-finite (``g²`` clamped, Newton–Schulz
+Finite but huge gradients cannot make a moment or EMA non-finite (g clipped to ±√max/2 on the
+element-wise path, Newton–Schulz
 normalised by its largest entry first, MONA differences and KL inputs clamped, Polyak statistics
 clamped), and a direction that still overflows is dropped for that parameter. Bias correction
 counts each parameter's own steps (``state["step"]``), like torch's AdamW. A skipped *first* step leaves the KL state at its
@@ -146,14 +147,16 @@ def _low_precision(p: torch.Tensor) -> bool:
     return p.dtype in (torch.float16, torch.bfloat16)
 
 
-def _finite_square(g: torch.Tensor) -> torch.Tensor:
-    """``g²`` clamped to the dtype's largest finite value.
+def _clip_for_square(g: torch.Tensor) -> torch.Tensor:
+    """``g`` clipped to ``±√max/2`` of its dtype (≈9.2e18 in fp32), so ``g²`` stays finite.
 
     A finite gradient with ``|g| ≳ 1.8e19`` squares to ``inf`` in fp32; an ``inf`` second moment
-    would freeze (AdamW) or, through ``inf − inf`` later, poison the parameter. Clamping keeps v
-    finite; below the overflow threshold it changes no bit.
+    freezes AdamW's parameter for good (its update becomes 0 forever) or, through ``inf − inf``,
+    poisons it. Clipping the gradient itself (not only g²) keeps the first and second moments
+    consistent, so the step stays ≈ lr·sign(g); below the threshold no bit changes.
     """
-    return g.square().clamp_max_(torch.finfo(g.dtype).max)
+    lim = math.sqrt(torch.finfo(g.dtype).max) / 2
+    return g.clamp(-lim, lim)
 
 
 class FusionOpt(torch.optim.Optimizer):
@@ -747,9 +750,9 @@ class FusionOpt(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, dtype=dt)
             beta1, beta2 = group["betas"]
             k = state["step"].clamp_min(1.0).double()  # a skipped first step leaves it 0
-            g = g.to(dt)
+            g = _clip_for_square(g.to(dt))
             v = state["exp_avg_sq"]
-            v.lerp_(_finite_square(g), (1.0 - beta2) * gate.to(dt))
+            v.lerp_(g.square(), (1.0 - beta2) * gate.to(dt))
             bc2 = (1.0 - beta2**k).to(dt)
             denom = (v / bc2).sqrt_().add_(group["eps"])
             if self.sf:
