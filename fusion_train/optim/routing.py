@@ -203,17 +203,23 @@ def build_param_groups(
     spectral_options: dict[str, Any] | None = None,
     scalar_options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Split ``model``'s trainable parameters into FusionOpt param groups.
+    r"""Split ``model``'s trainable parameters into FusionOpt param groups.
 
     Each group is a dict with ``params``, ``param_names``, ``reasons`` and ``group_type``
     (``"spectral"`` or ``"scalar"``); spectral groups also carry ``ns_split``. ``spectral_options``
     / ``scalar_options`` are merged into the groups (e.g. ``{"lr": 0.02, "weight_decay": 0.01}``).
 
+    A plain ``nn.Sequential`` gives its input layer no name to recognise it by: with both sides
+    ≥ ``min_dim`` it is routed spectral (Muon's authors keep input and output layers on AdamW);
+    name it (``x_embedder``, ``proj_in``, … see :data:`IO_PATTERNS`) or pass ``force_scalar``.
+
     Example:
         >>> model = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 256), nn.Linear(256, 8))
-        >>> groups = build_param_groups(model)
-        >>> [(g["group_type"], g["param_names"]) for g in groups if g["group_type"] == "spectral"]
-        [('spectral', ['2.weight'])]
+        >>> [g["param_names"] for g in build_param_groups(model) if g["group_type"] == "spectral"]
+        [['0.weight', '2.weight']]
+        >>> groups = build_param_groups(model, force_scalar=[r"^0\."])  # keep the input layer element-wise
+        >>> [g["param_names"] for g in groups if g["group_type"] == "spectral"]
+        [['2.weight']]
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
