@@ -23,18 +23,20 @@ Algorithm 1 of the MONA paper was searched for again (stored arXiv HTML and mark
 paper digests, code search for an official Meituan repository); only the abstract and the start
 of the introduction are reachable, so the sign could not be read off the source.
 
-Measured (both signs and α = 0, β_a = 0.975, recipe ``muon+mona``; reduced CPU runs, seed 0 of
-the lr sweep; ``docs/benchmarks/digits_quality_*.md`` and ``docs/benchmarks/head_mona_audit.md``):
+Measured (both signs and α = 0, β_a = 0.975, recipe ``muon+mona``; reduced CPU runs on a heavily
+loaded machine, seed 0 of the lr sweep; ``docs/benchmarks/quality_partial.md``):
 
-* digits MLP (150 steps, val cross-entropy, lower is better): lr 5e-3: −20 → 0.99, 0 → 0.64,
-  +20 → 0.42; lr 1e-2: 0.79 / 0.55 / 0.83; lr 2e-2: 12.1 / 2.85 / 2.33; best +20 run 0.20 (lr 2.5e-3).
-* digits CNN (150 steps): lr 5e-3: −20 → 1.06, 0 → 0.50, +20 → 0.31.
-* control head (dim 128, depth 1, 120 steps, val MAE dB): lr 2e-3: −20 → 5.447, 0 → 5.468,
-  +20 → 5.483 (a 0.04 dB spread, within seed noise).
+* digits MLP (150 steps, val cross-entropy, lower is better; α = −20 / 0 / +20): lr 5e-3: 0.99 /
+  0.64 / 0.42; lr 1e-2: 0.79 / 0.55 / 0.83; lr 2e-2: 12.1 / 2.85 / 2.33. Each α at its best lr:
+  0.79 / 0.55 / 0.20 (+20 at 2.5e-3 after widening the sweep at its low edge).
+* digits CNN (150 steps): lr 5e-3: 1.06 / 0.50 / 0.31; lr 1e-2: −20 → 3.57.
+* control head (dim 128, depth 1, 120 steps, val MAE dB): lr 2e-3: 5.447 / 5.468 / 5.483; lr 4e-3:
+  5.058 / 5.057 / (not finished) — a tie within seed noise.
 
-α = −20 was the worst setting on both digits models at every shared learning rate and never
-clearly best on the head; +20 was best on both digits models. The default is therefore
-``+1/(2(1−β_a))``; pass ``mona_alpha=reimplementation_mona_alpha(β)`` for the other sign. Both
+α = −20 was the worst setting at four of the five (model, lr) points where all three finished and
+the worst at each α's best lr; +20 was best on both digits models; the head could not tell them
+apart. The default is therefore ``+1/(2(1−β_a))``; pass
+``mona_alpha=reimplementation_mona_alpha(β)`` for the other sign. Both
 signs and any α > −1/(1−β_a) stay available.
 
 Sources and what is uncertain
