@@ -61,6 +61,10 @@ class Pair:
         for o in self.opts:
             o.step()
 
+    def zero_grad(self, set_to_none: bool = True):
+        for o in self.opts:
+            o.zero_grad(set_to_none=set_to_none)
+
 
 def fusion_variants(compile_: bool) -> dict:
     """FusionOpt configurations compared everywhere (name → constructor for a model)."""
