@@ -27,15 +27,16 @@ Measured (both signs and α = 0, β_a = 0.975, recipe ``muon+mona``; reduced CPU
 loaded machine, seed 0 of the lr sweep; ``docs/benchmarks/quality_partial.md``):
 
 * digits MLP (150 steps, val cross-entropy, lower is better; α = −20 / 0 / +20): lr 5e-3: 0.99 /
-  0.64 / 0.42; lr 1e-2: 0.79 / 0.55 / 0.83; lr 2e-2: 12.1 / 2.85 / 2.33. Each α at its best lr:
-  0.79 / 0.55 / 0.20 (+20 at 2.5e-3 after widening the sweep at its low edge).
-* digits CNN (150 steps): lr 5e-3: 1.06 / 0.50 / 0.31; lr 1e-2: −20 → 3.57.
+  0.64 / 0.42; lr 1e-2: 0.78 / 0.55 / 0.83; lr 2e-2: 12.1 / 2.85 / 2.33; each α at its best lr:
+  0.78 / 0.55 / 0.20 (+20 at 2.5e-3 after widening the sweep at its low edge).
+* digits CNN (150 steps): lr 5e-3: 1.06 / 0.50 / 0.31; lr 1e-2: 3.57 / 2.87 / 0.93; lr 2e-2:
+  31.5 / 17.0 / 5.17.
 * control head (dim 128, depth 1, 120 steps, val MAE dB): lr 2e-3: 5.447 / 5.468 / 5.483; lr 4e-3:
-  5.058 / 5.057 / (not finished) — a tie within seed noise.
+  5.058 / 5.057 / 5.057; lr 8e-3: 5.205 / 5.007 / 4.928; each α at its best lr: 5.058 / 5.007 / 4.928.
 
-α = −20 was the worst setting at four of the five (model, lr) points where all three finished and
-the worst at each α's best lr; +20 was best on both digits models; the head could not tell them
-apart. The default is therefore ``+1/(2(1−β_a))``; pass
++20 was the best setting at 6 of the 9 (task, lr) points and, at each α's best lr, on all three
+tasks; −20 was the worst at 6 of 9 and at each α's best lr on all three. The default is therefore
+``+1/(2(1−β_a))``; pass
 ``mona_alpha=reimplementation_mona_alpha(β)`` for the other sign. Both
 signs and any α > −1/(1−β_a) stay available.
 
