@@ -171,7 +171,7 @@ class ModulatorCache(ModelHook):
     def __repr__(self) -> str:
         s = self.core.stats
         bound = f"/{self.config.max_entries}" if self.config.max_entries is not None else ""
-        state = "disabled" if self._disabled else "enabled"
+        state = "disabled" if getattr(self._local, "depth", 0) else "enabled"  # for this thread
         offload = f", offload={self.offload.offload_device}" if self.offload is not None else ""
         return (
             f"ModulatorCache(family={self.family.name!r}, model={type(self.table.model).__name__}, "
