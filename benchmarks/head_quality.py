@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -51,9 +52,12 @@ from fusion_train.training.loop import DEFAULT_LR, make_optimizer  # noqa: E402
 RECIPES = ("adamw", "muon", "muon+mona", "sf-normuon", "full")
 
 FULL = dict(pieces=200, crop=256, dim=256, depth=4, heads=8, steps=3000, batch=16, val_every=300,
-            lr_mults=(0.5, 1.0, 2.0), seeds=3, val_seeds=2, val_t_buckets=10, val_max=None, threads=0)
+            lr_mults=(0.5, 1.0, 2.0), max_widen=3, seeds=3, val_seeds=2, val_t_buckets=10, val_max=None, threads=0)
 REDUCED = dict(pieces=48, crop=64, dim=128, depth=1, heads=4, steps=120, batch=8, val_every=40,
-               lr_mults=(0.5, 1.0, 2.0), seeds=3, val_seeds=2, val_t_buckets=5, val_max=None, threads=1)
+               lr_mults=(0.5, 1.0, 2.0), max_widen=1, seeds=3, val_seeds=2, val_t_buckets=5, val_max=None, threads=1)
+# MONA audit (--mona-audit): the muon+mona recipe with both signs of α and α = 0, β_a = 0.975.
+MONA_BETA = 0.975
+MONA_ALPHAS = {"α=-20": -1 / (2 * (1 - MONA_BETA)), "α=0": 0.0, "α=+20": 1 / (2 * (1 - MONA_BETA))}
 
 
 def crop_frames(data: ReferenceData, frames: int) -> ReferenceData:
@@ -121,6 +125,62 @@ def run(cfg: dict, data, recipe: str, lr: float, seed: int, *, steps=None, max_s
     return rec
 
 
+def widen_sweep(sweep: dict, run_at, base_lr: dict, cfg: dict) -> dict[str, str]:
+    """Add one ×2 step at the edge where a recipe's best lr sits, until it is interior or
+    ``cfg["max_widen"]`` extra points were added; return the recipes still at an edge."""
+    def best(rows):
+        return min(rows, key=lambda x: x["best_val_mae"] if not x["diverged"] else math.inf)["lr"]
+
+    edge: dict[str, str] = {}
+    for _ in range(cfg.get("max_widen", 0) + 1):
+        edge = {}
+        for r, rows in sweep.items():
+            lrs = sorted(x["lr"] for x in rows)
+            b = best(rows)
+            if b == lrs[0]:
+                edge[r] = "low"
+            elif b == lrs[-1]:
+                edge[r] = "high"
+        if not edge or _ == cfg.get("max_widen", 0):
+            break
+        for r, side in edge.items():  # interleaved across recipes
+            lrs = sorted(x["lr"] for x in sweep[r])
+            sweep[r].append(run_at(r, lrs[0] / 2 if side == "low" else lrs[-1] * 2))
+    return edge
+
+
+def mona_audit(cfg: dict, data) -> None:
+    """MONA sign/scale audit on the head task: α ∈ {−20, 0, +20}, lr sweep (widened), all seeds."""
+    t0 = time.perf_counter()
+    base = DEFAULT_LR["muon+mona"]
+    opts = {k: {"mona_alpha": a, "mona_beta": MONA_BETA} for k, a in MONA_ALPHAS.items()}
+    sweep = {k: [] for k in opts}
+    for mult in cfg["lr_mults"]:
+        for k, o in opts.items():
+            sweep[k].append(run(cfg, data, "muon+mona", base * mult, 0, options=o))
+    edge = widen_sweep(sweep, lambda k, lr: run(cfg, data, "muon+mona", lr, 0, options=opts[k]), base, cfg)
+    best_lr = {k: min(v, key=lambda x: x["best_val_mae"] if not x["diverged"] else math.inf)["lr"] for k, v in sweep.items()}
+    seeds = {k: [next(x for x in sweep[k] if x["lr"] == best_lr[k])] for k in opts}
+    for seed in range(1, cfg["seeds"]):
+        for k, o in opts.items():
+            seeds[k].append(run(cfg, data, "muon+mona", best_lr[k], seed, options=o))
+    rows = []
+    for k in opts:
+        m, sd = mean_std([x["best_val_mae"] for x in seeds[k]])
+        rows.append([k, f"{best_lr[k]:.1e}" + (f" ({edge[k]} edge)" if k in edge else ""), f"{m:.3f} ± {sd:.3f}",
+                     ", ".join(f"{x['lr']:.1e}: {x['best_val_mae']:.3f}" for x in sorted(sweep[k], key=lambda x: x["lr"]))])
+    md = "\n".join([
+        "# MONA audit on the control-head task (muon+mona, β_a = 0.975)", "",
+        f"Config: {cfg}; {len(range(cfg['seeds']))} seeds at each α's best lr; {time.perf_counter() - t0:.0f} s; "
+        f"loadavg {os.getloadavg()}.", "",
+        "Command: `python benchmarks/head_quality.py --mona-audit" + (" --reduced" if cfg is not FULL else "") + "`", "",
+        md_table(["α", "best lr", "val MAE dB (mean ± std)", "sweep (seed 0)"], rows),
+    ])
+    write_report("head_mona_audit", {"config": cfg, "environment": environment(), "sweep": sweep,
+                                     "best_lr": best_lr, "edge": edge, "seeds": seeds}, md)
+    print(md)
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if math.isfinite(v)]
     if not values:
@@ -135,6 +195,7 @@ def main(argv=None) -> None:
     ap.add_argument("--pieces", type=int, help="override the number of music21 pieces")
     ap.add_argument("--seeds", type=int, help="override the number of seeds")
     ap.add_argument("--no-diversity", action="store_true")
+    ap.add_argument("--mona-audit", action="store_true", help="only the MONA α sign/scale audit")
     args = ap.parse_args(argv)
     cfg = dict(REDUCED if args.reduced else FULL)
     for key in ("steps", "pieces", "seeds"):
@@ -145,6 +206,9 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     data = crop_frames(build_reference_data(ReferenceDataConfig(n_pieces=cfg["pieces"]), progress=True), cfg["crop"])
     print(data.summary().splitlines()[0], flush=True)
+    if args.mona_audit:
+        mona_audit(cfg, data)
+        return
     recipes = [r for r in RECIPES if available(r)]
     unavailable = [r for r in RECIPES if r not in recipes]
     print(f"recipes: {recipes}; unavailable: {unavailable}", flush=True)
@@ -161,6 +225,10 @@ def main(argv=None) -> None:
         for r in recipes:
             sweep[r].append(run(cfg, data, r, DEFAULT_LR[r] * mult, 0,
                                 out_dir=str(tmp / f"{r}_lr{mult}") if r == "sf-normuon" else None))
+    # widen at an edge until every recipe's best lr is interior (or max_widen extra points)
+    edges = widen_sweep(sweep, lambda r, lr: run(cfg, data, r, lr, 0), DEFAULT_LR, cfg)
+    if edges:
+        print(f"best lr still at an edge after widening: {edges}", flush=True)
     best_lr = {r: min(sweep[r], key=lambda x: x["best_val_mae"] if not x["diverged"] else math.inf)["lr"]
                for r in recipes}
     equal_steps: dict[str, list[dict]] = {r: [next(x for x in sweep[r] if x["lr"] == best_lr[r])] for r in recipes}

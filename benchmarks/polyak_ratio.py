@@ -23,11 +23,16 @@ from fusion_train.data import synthetic_data
 def run(mode: str, data, steps: int, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     head = ControlHead(ControlHeadConfig(in_channels=64, out_channels=5, dim=128, depth=2, heads=4))
-    opt = FusionOpt(build_param_groups(head), lr=2e-3, polyak=mode, warmup_steps=20, hot_dtype="fp32")
+    groups = build_param_groups(head)
+    for g in groups:  # different lrs per group: the multiplier must scale each group's own lr
+        g["lr"] = 2e-3 if g["group_type"] == "spectral" else 1e-3
+    opt = FusionOpt(groups, lr=2e-3, polyak=mode, warmup_steps=20, hot_dtype="fp32")
+    kinds = [g["group_type"] for g in opt.param_groups]
     x0, y = data.split("train")
     y = data.standardize_controls(y)
     g = torch.Generator().manual_seed(seed)
     ratios, old_ratios, losses = [], [], []
+    gammas: dict[str, list[float]] = {k: [] for k in kinds}
     loss_ema = None
     for _ in range(steps):
         idx = torch.randint(0, x0.shape[0], (16,), generator=g)
@@ -45,8 +50,10 @@ def run(mode: str, data, steps: int, seed: int = 0) -> dict:
         opt.step(loss=loss)
         tel = opt.telemetry()
         ratios.append(tel["fusion/gamma_ratio"])
+        for i, k in enumerate(kinds):
+            gammas[k].append(tel[f"fusion/gamma_curr/{i}"])
         losses.append(loss.item())
-    return {"mode": mode, "ratios": ratios, "old_ratios": old_ratios, "losses": losses}
+    return {"mode": mode, "ratios": ratios, "old_ratios": old_ratios, "losses": losses, "gammas": gammas}
 
 
 def clamp_share(values, lo=0.1, hi=10.0):
@@ -75,7 +82,14 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        fig, ax = plt.subplots(1, 3, figsize=(16, 4))
+        for r in runs:
+            for k, v in r["gammas"].items():
+                ax[2].plot(v, label=f"γ {k} ({r['mode']})", alpha=0.8)
+        ax[2].set_yscale("log")
+        ax[2].set_xlabel("step")
+        ax[2].set_title("γ per group (Polyak-scaled lr)")
+        ax[2].legend()
         for r in runs:
             ax[0].plot(r["ratios"], label=f"ratio ({r['mode']})")
             ax[1].plot(r["losses"], label=r["mode"], alpha=0.7)
@@ -102,6 +116,10 @@ def main() -> None:
         f"{args.steps} steps, batch 16. {environment()}", "",
         f"Command: `python benchmarks/polyak_ratio.py --steps {args.steps}`", "",
         md_table(["ratio", "median after warm-up", "range", "steps at a clamp (0.1 / 10)", "final loss"], rows), "",
+        "γ per group (spectral lr 2e-3, scalar lr 1e-3; the multiplier is shared, each group keeps its lr):", "",
+        md_table(["mode", "group", "γ median after warm-up", "γ range"],
+                 [[r["mode"], k, f"{torch.tensor(v[warm:]).median():.3g}",
+                   f"{min(v[warm:]):.3g} – {max(v[warm:]):.3g}"] for r in runs for k, v in r["gammas"].items()]), "",
         plot,
     ])
     write_report("polyak_ratio", {"environment": environment(), "steps": args.steps, "runs": runs}, md)

@@ -8,7 +8,37 @@ The transform, applied to the raw gradient *before* momentum and orthogonalisati
     A_k = β_a·A_{k−1} + (1−β_a)·D_k             # EMA of differences (the "acceleration" buffer)
     G̃_k = G_k + α·A_k                           # what momentum / Newton–Schulz then see
 
-with ``α = −1/(2(1−β_a))`` by default (:func:`default_mona_alpha`) and β_a ∈ {0.975, 0.99}.
+with ``α = +1/(2(1−β_a))`` by default (:func:`default_mona_alpha`; +20 at β_a = 0.975), chosen by
+the audit below; the public reimplementations' ``−1/(2(1−β_a))`` is :func:`reimplementation_mona_alpha`.
+
+Audit: sign and scale of α (decided by measurement)
+----------------------------------------------------
+Write ``c = α(1−β_a)``. Then ``G̃_k = (1+c)·G_k − c·[(1−β_a)·Σ β_a^j G_{k−1−j} + …]``: the newest
+gradient gets weight ``1 + c`` and a discounted average of older gradients gets ``−c``. The
+reimplementations' α = −1/(2(1−β_a)) is ``c = −½``, i.e. ``G̃ = ½·G + ½·EMA(past G)``: *extra
+smoothing*, the opposite of acceleration. Gradient-difference forms of Nesterov's method (Adan,
+Xie et al., arXiv 2208.06677, whose reformulated Nesterov momentum adds ``(1−β)(g_k − g_{k−1})``
+to the gradient; the NAG reformulation it derives from) use a *positive* coefficient, ``c = +½`` here: extrapolation along the recent change of the gradient.
+Algorithm 1 of the MONA paper was searched for again (stored arXiv HTML and markdown mirrors,
+paper digests, code search for an official Meituan repository); only the abstract and the start
+of the introduction are reachable, so the sign could not be read off the source.
+
+Measured (both signs and α = 0, β_a = 0.975, recipe ``muon+mona``; reduced CPU runs on a heavily
+loaded machine, seed 0 of the lr sweep; ``docs/benchmarks/quality_partial.md``):
+
+* digits MLP (150 steps, val cross-entropy, lower is better; α = −20 / 0 / +20): lr 5e-3: 0.99 /
+  0.64 / 0.42; lr 1e-2: 0.78 / 0.55 / 0.83; lr 2e-2: 12.1 / 2.85 / 2.33; each α at its best lr:
+  0.78 / 0.55 / 0.20 (+20 at 2.5e-3 after widening the sweep at its low edge).
+* digits CNN (150 steps): lr 5e-3: 1.06 / 0.50 / 0.31; lr 1e-2: 3.57 / 2.87 / 0.93; lr 2e-2:
+  31.5 / 17.0 / 5.17.
+* control head (dim 128, depth 1, 120 steps, val MAE dB): lr 2e-3: 5.447 / 5.468 / 5.483; lr 4e-3:
+  5.058 / 5.057 / 5.057; lr 8e-3: 5.205 / 5.007 / 4.928; each α at its best lr: 5.058 / 5.007 / 4.928.
+
++20 was the best setting at 6 of the 9 (task, lr) points and, at each α's best lr, on all three
+tasks; −20 was the worst at 6 of 9 and at each α's best lr on all three. The default is therefore
+``+1/(2(1−β_a))``; pass
+``mona_alpha=reimplementation_mona_alpha(β)`` for the other sign. Both
+signs and any α > −1/(1−β_a) stay available.
 
 Sources and what is uncertain
 -----------------------------
@@ -31,10 +61,10 @@ Open points, exposed as options rather than settled:
 
 * **Sign and scale of α.** Three reimplementations call ``−1/(2(1−β_a))`` "the paper's rule"
   (−20 at β_a = 0.975, −50 at 0.99); one unrelated implementation uses α = +0.1 and the earlier
-  public FusionOpt used α = +0.2 on an un-normalised accumulator. Note what the default does:
-  with ``c = α(1−β_a) = −½`` the newest gradient enters G̃ with weight ``1 + c = ½``; the rest
-  is a β_a-discounted combination of older gradients, i.e. the rule *smooths* along
-  high-curvature directions (where consecutive gradients disagree) rather than extrapolating.
+  public FusionOpt used α = +0.2 on an un-normalised accumulator. With ``c = α(1−β_a) = −½`` the
+  newest gradient enters G̃ with weight ``1 + c = ½``; the rest is a β_a-discounted combination of
+  older gradients, i.e. that rule *smooths* rather than extrapolates. Settled here by measurement
+  (the audit above): the default is the positive sign.
 * **Placement relative to Nesterov momentum.** All sources put the term on the raw gradient
   before Muon's momentum buffer (``M ← μM + G̃``, then NS of the Nesterov combination). This
   module only produces G̃; the optimizer owns momentum.
@@ -80,6 +110,7 @@ __all__ = [
     "mona_gated_step",
     "mona_init_buffers",
     "mona_transform",
+    "reimplementation_mona_alpha",
     "validate_mona_alpha",
     "validate_mona_beta",
 ]
@@ -117,7 +148,7 @@ def validate_mona_alpha(alpha: object, beta: float, *, name: str = "mona_alpha")
     docstring); α = 0 turns MONA into the identity.
 
     Example:
-        >>> round(validate_mona_alpha(default_mona_alpha(0.975), 0.975), 9)
+        >>> round(validate_mona_alpha(reimplementation_mona_alpha(0.975), 0.975), 9)
         -20.0
     """
     beta = validate_mona_beta(beta)
@@ -136,11 +167,23 @@ def validate_mona_alpha(alpha: object, beta: float, *, name: str = "mona_alpha")
 
 
 def default_mona_alpha(beta: float) -> float:
-    """The reimplementations' default ``α = −1/(2(1−β_a))`` (−20 at 0.975, −50 at 0.99).
+    """FusionOpt's default ``α = +1/(2(1−β_a))`` (+20 at 0.975, +50 at 0.99): the newest gradient
+    gets weight 1.5, i.e. Nesterov-like extrapolation (see the audit in the module docstring).
 
     Example:
         >>> round(default_mona_alpha(0.99), 9)
-        -50.0
+        50.0
+    """
+    beta = validate_mona_beta(beta)
+    return 1.0 / (2.0 * (1.0 - beta))
+
+
+def reimplementation_mona_alpha(beta: float) -> float:
+    """The public reimplementations' ``α = −1/(2(1−β_a))`` (−20 at 0.975): ``G̃ = ½G + ½·EMA(past G)``.
+
+    Example:
+        >>> round(reimplementation_mona_alpha(0.975), 9)
+        -20.0
     """
     beta = validate_mona_beta(beta)
     return -1.0 / (2.0 * (1.0 - beta))
@@ -159,7 +202,7 @@ class MonaConfig:
     Example:
         >>> cfg = MonaConfig(beta=0.99)
         >>> round(cfg.resolved_alpha, 9), cfg.lite
-        (-50.0, False)
+        (50.0, False)
     """
 
     beta: float = DEFAULT_MONA_BETA
@@ -175,7 +218,7 @@ class MonaConfig:
 
     @property
     def resolved_alpha(self) -> float:
-        """``alpha``, or the reimplementations' default −1/(2(1−β)) when it is None."""
+        """``alpha``, or :func:`default_mona_alpha` (+1/(2(1−β))) when it is None."""
         return default_mona_alpha(self.beta) if self.alpha is None else float(self.alpha)
 
 
@@ -290,8 +333,12 @@ def mona_gated_step(
     """
     g32 = grad.to(torch.float32)
     weight = (1.0 - beta) * seen.to(torch.float32) * gate.to(torch.float32)
-    new_accel = torch.lerp(accel.to(torch.float32), g32 - prev_grad.to(torch.float32), weight)
-    out = torch.add(g32, new_accel, alpha=alpha)
+    # Differences and G̃ of huge but finite gradients can overflow fp32 (|G| ≳ 1.7e38); clamping to
+    # the finite range keeps A and everything downstream finite and changes no bit below that.
+    big = torch.finfo(torch.float32).max
+    diff = (g32 - prev_grad.to(torch.float32)).clamp_(-big, big)
+    new_accel = torch.lerp(accel.to(torch.float32), diff, weight)
+    out = torch.add(g32, new_accel, alpha=alpha).clamp_(-big, big)
     new_prev = torch.where(gate > 0, grad.to(prev_grad.dtype), prev_grad)
     new_seen = torch.maximum(seen, gate.to(seen.dtype))
     return out, new_accel.to(accel.dtype), new_prev, new_seen

@@ -35,8 +35,13 @@ Without ``sf`` the update is applied to p directly (``p ← p(1 − η_t·λ) �
 ``recipe="muon"`` is torch.optim.Muon's algorithm.
 
 No host synchronisation happens inside ``step()`` (with ``nonfinite="skip"``): a non-finite gradient
-or loss turns the whole step into a no-op through a 0/1 gate tensor and is counted in telemetry;
-MONA buffers and KL factors are gated too. A skipped *first* step leaves the KL state at its
+or loss turns the whole step into a no-op through a 0/1 gate tensor (it adds no Schedule-Free
+averaging weight either) and is counted in telemetry; MONA buffers and KL factors are gated too.
+Finite but huge gradients cannot make a moment or EMA non-finite (g clipped to ±√max/2 on the
+element-wise path, Newton–Schulz
+normalised by its largest entry first, MONA differences and KL inputs clamped, Polyak statistics
+clamped), and a direction that still overflows is dropped for that parameter. Bias correction
+counts each parameter's own steps (``state["step"]``), like torch's AdamW. A skipped *first* step leaves the KL state at its
 initial value (zero factors, identity bases), so that parameter's next step updates it from there
 instead of seeding (an identity-seeded start); MONA still skips the difference term then.
 
@@ -59,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -66,6 +72,7 @@ import torch
 
 from .compilation import compile_pure
 from .distributed import attach_distributed
+from .hot_dtype import auto_hot_dtype
 from .kl_shampoo import (
     KLShampooConfig,
     KLShampooState,
@@ -82,15 +89,28 @@ from .mona import (
     validate_mona_alpha,
     validate_mona_beta,
 )
-from .newton_schulz import COEFFICIENTS, orthogonalize, resolve_hot_dtype, validate_softening
+from .newton_schulz import (
+    BACKENDS,
+    orthogonalize,
+    validate_coefficients,
+    validate_hot_dtype,
+    validate_softening,
+)
 from .normuon import NORMUON_SCALES, normuon_rows
+from .param_groups import normalise_param_group
 from .polyak import POLYAK_MODES, PolyakState
 from .recipes import resolve_components
-from .schedule_free import averaging_weight, sf_update_, x_from_y, x_to_y_, y_to_x_
+from .schedule_free import (
+    averaging_weight,
+    sf_update_,
+    sf_update_precise_,
+    x_from_y,
+    x_to_y_,
+    y_to_x_,
+)
 
 __all__ = ["FusionOpt", "LR_SCALES", "lr_shape_scale"]
 
-GROUP_TYPES = ("spectral", "scalar")
 NONFINITE_MODES = ("skip", "raise")
 LR_SCALES = ("match_rms", "original", "none")
 
@@ -129,13 +149,30 @@ def _state_dtype(p: torch.Tensor) -> torch.dtype:
     return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
 
 
+def _low_precision(p: torch.Tensor) -> bool:
+    return p.dtype in (torch.float16, torch.bfloat16)
+
+
+def _clip_for_square(g: torch.Tensor) -> torch.Tensor:
+    """``g`` clipped to ``±√max/2`` of its dtype (≈9.2e18 in fp32), so ``g²`` stays finite.
+
+    A finite gradient with ``|g| ≳ 1.8e19`` squares to ``inf`` in fp32; an ``inf`` second moment
+    freezes AdamW's parameter for good (its update becomes 0 forever) or, through ``inf − inf``,
+    poisons it. Clipping the gradient itself (not only g²) keeps the first and second moments
+    consistent, so the step stays ≈ lr·sign(g); below the threshold no bit changes.
+    """
+    lim = math.sqrt(torch.finfo(g.dtype).max) / 2
+    return g.clamp(-lim, lim)
+
+
 class FusionOpt(torch.optim.Optimizer):
     """The FusionOpt optimizer (see the module docstring for the update rules).
 
     Args:
-        params: param groups from :func:`fusion_train.build_param_groups` (recommended), or plain
-            parameters / groups without ``group_type``, which are split by shape alone
-            (2-D with ``min(shape) >= 128`` → spectral).
+        params: param groups from :func:`fusion_train.build_param_groups` (recommended), or what
+            any torch optimizer takes: ``model.parameters()``, ``model.named_parameters()``, or
+            group dicts (with tensors or ``(name, tensor)`` pairs). Groups without ``group_type``
+            are routed by name and shape like ``build_param_groups`` (param_groups.py).
         lr: base learning rate for both groups (``match_rms`` scaling makes one value work for both).
         recipe: ``"sf-normuon"`` (default: ns5 + normuon + sf), ``"muon"`` (ns5), ``"sf-adamw"``
             (sf only: everything takes the scalar path), ``"muon+mona"`` (ns5 + mona),
@@ -146,23 +183,30 @@ class FusionOpt(torch.optim.Optimizer):
         weight_decay: decoupled weight decay (on z with ``sf``, on p without).
         momentum: spectral EMA momentum μ (default 0.8 with ``sf`` as in SF-NorMuon, 0.95 without).
         nesterov: Nesterov momentum on the spectral path (default False with ``sf``, True without).
-        hot_dtype: dtype of the Newton–Schulz matmuls: ``"bf16"``, ``"fp16"``, ``"fp16_safe"``, ``"fp32"``.
-        ns_steps, ns_coefficients: Newton–Schulz steps and coefficient set (``"jordan"``, ``"polar_express"``).
+        hot_dtype: dtype of the Newton–Schulz matmuls: ``"auto"`` (default: bf16 on CUDA with bf16
+            support and on CPUs where bf16 Newton–Schulz measures ≥ 1.25× faster, fp32 otherwise;
+            hot_dtype.py), ``"bf16"``, ``"fp16"``, ``"fp16_safe"``, ``"fp32"``. The resolved value
+            is ``hot_dtype_resolved`` and ``telemetry()["fusion/hot_dtype_bf16"]``.
+        ns_steps, ns_coefficients: Newton–Schulz steps and coefficients: ``"jordan"``,
+            ``"polar_express"`` (the paper's full list when ``ns_steps > 5``), a tuple ``(a, b, c)``
+            like torch.optim.Muon's, or a sequence of per-step triples.
+        ns_backend: ``"standard"`` or ``"gram"`` (Gram Newton–Schulz for matrices with aspect
+            ratio ≥ 2.5; see newton_schulz.py).
         softening: Soft-Muon blend s ∈ [0, 1] towards the Frobenius-normalised input.
         normuon_beta2, normuon_eps, normuon_scale: NorMuon row EMA, epsilon and rescaling
             (``"match_rms"`` paper default, ``"preserve_norm"`` official code).
         lr_scale: shape factor of the spectral learning rate when NorMuon's ``match_rms`` does not
             already fix the update's scale (see :func:`lr_shape_scale`).
         polyak: ``"off"`` (default), ``"relative"`` or ``"sfplus"`` (see polyak.py); needs the loss.
+            ``step()`` without a loss then uses γ = lr for that step (one warning).
         polyak_beta: EMA factor of the Polyak statistics.
         gamma_clamp: ``(γ_min, γ_max)`` for the Polyak ratio.
         warmup_steps: linear learning-rate warm-up (Schedule-Free's averaging weights follow it).
         r, weight_lr_power: Schedule-Free averaging weights ``w_t = t^r·η_max^p``.
         nonfinite: ``"skip"`` a step whose gradients (or loss) are not finite, or ``"raise"``.
         allow_unbounded: permit ``shampoo`` without ``ns5``.
-        mona_alpha, mona_beta: MONA's α and β_a (arXiv 2605.26842 as reconstructed by public
-            reimplementations; see mona.py for what is uncertain). ``mona_alpha=None`` means
-            ``−1/(2(1−β_a))`` (−20 at the default β_a = 0.975); α must be > −1/(1−β_a).
+        mona_alpha, mona_beta: MONA's α and β_a (see mona.py for the sources and the audit).
+            ``mona_alpha=None`` means :data:`fusion_train.optim.mona.DEFAULT_MONA_ALPHA`.
         mona_lite: keep MONA's two buffers in bf16 (MONA-Lite); the arithmetic stays fp32.
         shampoo_beta: EMA decay of the KL-Shampoo factors and eigenvalues, in [0, 1).
         precondition_frequency: refresh the KL eigenbases (one power iteration + QR, fp32) every
@@ -174,6 +218,11 @@ class FusionOpt(torch.optim.Optimizer):
         process_group: for replicated (DDP) parameters, the group over which Newton–Schulz work is
             split and the loss / non-finite flags are reduced. FSDP2 (DTensor) parameters are
             detected without it. See distributed.py and docs/distributed.md.
+
+    Per-group options (honoured when set in a param group; param_groups.py lists them):
+    ``lr, betas, eps, weight_decay, momentum, nesterov, normuon_beta2, normuon_eps, warmup_steps,
+    r, weight_lr_power, ns_split, hot_dtype, ns_steps, ns_coefficients, ns_backend, softening,
+    lr_scale, normuon_scale, mona_alpha, mona_beta``. Optimizer-wide options in a group raise.
 
     Example (the full recipe; a spectral parameter's first step only seeds KL-Shampoo):
         >>> import torch
@@ -189,7 +238,7 @@ class FusionOpt(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        params: Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]] | Iterable[dict[str, Any]],
         lr: float = 1e-3,
         recipe: str | None = "sf-normuon",
         components: Iterable[str] | None = None,
@@ -199,9 +248,10 @@ class FusionOpt(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         momentum: float | None = None,
         nesterov: bool | None = None,
-        hot_dtype: str = "bf16",
+        hot_dtype: str = "auto",
         ns_steps: int = 5,
-        ns_coefficients: str = "jordan",
+        ns_coefficients: Any = "jordan",
+        ns_backend: str = "standard",
         softening: float = 0.0,
         normuon_beta2: float = 0.95,
         normuon_eps: float = 1e-8,
@@ -231,39 +281,12 @@ class FusionOpt(torch.optim.Optimizer):
             momentum = 0.8 if sf else 0.95
         if nesterov is None:
             nesterov = not sf
-        _check_range("lr", float(lr), 0.0, math.inf)
-        _check_range("betas[0]", float(betas[0]), 0.0, 1.0)
-        _check_range("betas[1]", float(betas[1]), 0.0, 1.0)
-        if sf and betas[0] == 0.0:
-            raise ValueError("betas[0] (Schedule-Free interpolation β) must be > 0 with 'sf'")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps!r}")
-        _check_range("weight_decay", float(weight_decay), 0.0, math.inf)
-        _check_range("momentum", float(momentum), 0.0, 1.0)
-        resolve_hot_dtype(hot_dtype)
-        if ns_coefficients not in COEFFICIENTS:
-            raise ValueError(f"ns_coefficients must be one of {sorted(COEFFICIENTS)}, got {ns_coefficients!r}")
-        if not isinstance(ns_steps, int) or ns_steps < 1:
-            raise ValueError(f"ns_steps must be a positive int, got {ns_steps!r}")
-        softening = validate_softening(softening)
-        _check_range("normuon_beta2", float(normuon_beta2), 0.0, 1.0)
-        if normuon_scale not in NORMUON_SCALES:
-            raise ValueError(f"normuon_scale must be one of {NORMUON_SCALES}, got {normuon_scale!r}")
-        if lr_scale not in LR_SCALES:
-            raise ValueError(f"lr_scale must be one of {LR_SCALES}, got {lr_scale!r}")
         if polyak not in POLYAK_MODES:
             raise ValueError(f"polyak must be one of {POLYAK_MODES}, got {polyak!r}")
         if polyak != "off" and not sf:
             raise ValueError("polyak needs the 'sf' component (its inner-product term uses z and x)")
-        if not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be a non-negative int, got {warmup_steps!r}")
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
-        mona_beta = validate_mona_beta(mona_beta, name="mona_beta")
-        mona_alpha = (
-            default_mona_alpha(mona_beta) if mona_alpha is None
-            else validate_mona_alpha(mona_alpha, mona_beta, name="mona_alpha")
-        )
         if not isinstance(mona_lite, bool):
             raise TypeError(f"mona_lite must be a bool, got {type(mona_lite).__name__}")
         if isinstance(shampoo_beta, bool) or not isinstance(shampoo_beta, (int, float)):
@@ -278,11 +301,8 @@ class FusionOpt(torch.optim.Optimizer):
             raise TypeError(f"compile must be a bool, got {type(compile).__name__}")
 
         self.components = comps
-        self.hot_dtype, self.ns_steps, self.ns_coefficients = hot_dtype, ns_steps, ns_coefficients
-        self.softening = softening
-        self.normuon_scale, self.lr_scale = normuon_scale, lr_scale
         self.nonfinite = nonfinite
-        self.mona_alpha, self.mona_beta, self.mona_lite = mona_alpha, mona_beta, mona_lite
+        self.mona_lite = mona_lite
         self._kl_base = KLShampooConfig(
             beta=float(shampoo_beta), precondition_frequency=precondition_frequency,
             max_precond_dim=max_precond_dim, eps=float(shampoo_eps),
@@ -305,50 +325,116 @@ class FusionOpt(torch.optim.Optimizer):
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, momentum=momentum,
             nesterov=bool(nesterov), normuon_beta2=normuon_beta2, normuon_eps=normuon_eps,
             warmup_steps=warmup_steps, r=r, weight_lr_power=weight_lr_power, ns_split=1,
-            k=0, lr_max=-1.0, weight_sum=0.0, scheduled_lr=0.0,
+            hot_dtype=hot_dtype, ns_steps=ns_steps, ns_coefficients=ns_coefficients,
+            ns_backend=ns_backend, softening=softening, lr_scale=lr_scale, normuon_scale=normuon_scale,
+            mona_alpha=mona_alpha, mona_beta=mona_beta,
         )
-        super().__init__(self._normalise_groups(params), defaults)
+        self._validate_options(defaults, where="FusionOpt")
+        self._warned: set[str] = set()
+        params = list(params)
+        if not params:
+            raise ValueError("FusionOpt got an empty parameter list")
+        if not isinstance(params[0], dict):
+            params = [{"params": params}]
+        super().__init__(params, defaults)
         device = next((_local_device(p) for g in self.param_groups for p in g["params"]), torch.device("cpu"))
         self._polyak = PolyakState(polyak, polyak_beta, gamma_clamp, device)
         self._nonfinite_steps = torch.zeros((), dtype=torch.float32, device=device)
         self._train_mode = True
+        self._set_group_modes()
         # --- distributed seam (1/5): FSDP2 / DDP set-up; None for a single process
         self._dist = attach_distributed(self, process_group)
 
-    # ---------------------------------------------------------------- groups
-    def _normalise_groups(self, params) -> list[dict[str, Any]]:
-        params = list(params)
-        if not params:
-            raise ValueError("FusionOpt got an empty parameter list")
-        groups = [{"params": params}] if isinstance(params[0], torch.Tensor) else params
-        out = []
-        for g in groups:
-            g = dict(g)
-            g["params"] = list(g["params"]) if not isinstance(g["params"], torch.Tensor) else [g["params"]]
-            if "group_type" in g:
-                out.append(g)
-                continue
-            # No routing information: fall back to the shape rule (build_param_groups is better).
-            spectral = [p for p in g["params"] if p.ndim >= 2 and min(p.shape[0], p[0].numel()) >= 128]
-            scalar = [p for p in g["params"] if all(p is not q for q in spectral)]
-            rest = {k: v for k, v in g.items() if k != "params"}
-            out += [{**rest, "params": ps, "group_type": t} for t, ps in (("spectral", spectral), ("scalar", scalar)) if ps]
-        return out
+    # ---------------------------------------------------------------- options
+    @property
+    def hot_dtype(self) -> str:
+        """The requested ``hot_dtype`` (optimizer default; groups may override it)."""
+        return self.defaults["hot_dtype"]
 
+    @property
+    def ns_backend(self) -> str:
+        return self.defaults["ns_backend"]
+
+    @property
+    def ns_steps(self) -> int:
+        return self.defaults["ns_steps"]
+
+    @property
+    def hot_dtype_resolved(self) -> str:
+        """``hot_dtype`` with ``"auto"`` resolved for the parameters' device (hot_dtype.py)."""
+        return self._resolve_hot(self.hot_dtype, self._polyak.loss_ema.device)
+
+    @staticmethod
+    def _resolve_hot(name: str, device: torch.device) -> str:
+        return auto_hot_dtype(device) if name == "auto" else name
+
+    @staticmethod
+    def _validate_options(g: dict[str, Any], where: str) -> None:
+        """Check every per-group option in ``g`` (the defaults, or one param group)."""
+        _check_range(f"{where}: lr", float(g["lr"]), 0.0, math.inf)
+        betas = g["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"{where}: betas must be a pair (β, β₂), got {betas!r}")
+        _check_range(f"{where}: betas[0]", float(betas[0]), 0.0, 1.0)
+        _check_range(f"{where}: betas[1]", float(betas[1]), 0.0, 1.0)
+        if not g["eps"] > 0:
+            raise ValueError(f"{where}: eps must be > 0, got {g['eps']!r}")
+        _check_range(f"{where}: weight_decay", float(g["weight_decay"]), 0.0, math.inf)
+        _check_range(f"{where}: momentum", float(g["momentum"]), 0.0, 1.0)
+        validate_hot_dtype(g["hot_dtype"])
+        validate_coefficients(g["ns_coefficients"])
+        if g["ns_backend"] not in BACKENDS:
+            raise ValueError(f"{where}: ns_backend must be one of {BACKENDS}, got {g['ns_backend']!r}")
+        k = g["ns_steps"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"{where}: ns_steps must be a positive int, got {k!r}")
+        g["softening"] = validate_softening(g["softening"])
+        _check_range(f"{where}: normuon_beta2", float(g["normuon_beta2"]), 0.0, 1.0)
+        if g["normuon_scale"] not in NORMUON_SCALES:
+            raise ValueError(f"{where}: normuon_scale must be one of {NORMUON_SCALES}, got {g['normuon_scale']!r}")
+        if g["lr_scale"] not in LR_SCALES:
+            raise ValueError(f"{where}: lr_scale must be one of {LR_SCALES}, got {g['lr_scale']!r}")
+        w = g["warmup_steps"]
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ValueError(f"{where}: warmup_steps must be a non-negative int, got {w!r}")
+        g["mona_beta"] = validate_mona_beta(g["mona_beta"], name="mona_beta")
+        g["mona_alpha"] = (
+            default_mona_alpha(g["mona_beta"]) if g["mona_alpha"] is None
+            else validate_mona_alpha(g["mona_alpha"], g["mona_beta"], name="mona_alpha")
+        )
+
+    # ---------------------------------------------------------------- groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        gtype = param_group.get("group_type")
-        if gtype not in GROUP_TYPES:
-            raise ValueError(f"param group 'group_type' must be one of {GROUP_TYPES}, got {gtype!r}")
-        super().add_param_group(param_group)
+        """Add a group; without ``group_type`` its parameters are routed like ``__init__`` does
+        (by name and shape), so progressive unfreezing needs no FusionOpt-specific code. Names are
+        generated when the optimizer has names and the group has none."""
+        for g in normalise_param_group(param_group, name_prefix=f"group{len(self.param_groups)}"):
+            self._add_one_group(g)
+
+    def _add_one_group(self, g: dict[str, Any]) -> None:
+        sf = "sf" in self.components
+        if sf and "betas" in g and g["betas"][0] == 0.0:
+            raise ValueError("betas[0] (Schedule-Free interpolation β) must be > 0 with 'sf'")
+        super().add_param_group(g)
         group = self.param_groups[-1]
+        self._validate_options(group, where=f"param group {len(self.param_groups) - 1}")
+        if sf and group["betas"][0] == 0.0:
+            raise ValueError("betas[0] (Schedule-Free interpolation β) must be > 0 with 'sf'")
+        group.setdefault("k", 0)
+        group.setdefault("lr_max", -1.0)
+        group.setdefault("scheduled_lr", 0.0)
+        if "weight_sum" not in group or not isinstance(group["weight_sum"], torch.Tensor):
+            device = group["params"][0].device if group["params"] else torch.device("cpu")
+            group["weight_sum"] = torch.zeros((), dtype=torch.float64, device=device)
+        group.setdefault("train_mode", getattr(self, "_train_mode", True))
+        gtype = group["group_type"]
         if gtype == "spectral" and not self.components & {"ns5", "shampoo"}:
             group["group_type"] = gtype = "scalar"  # e.g. recipe="sf-adamw": everything is scalar
         if gtype == "spectral":
             k = group["ns_split"]
             if not isinstance(k, int) or k < 1:
                 raise ValueError(f"ns_split must be a positive int, got {k!r}")
-            names = group.get("param_names") or [f"#{i}" for i in range(len(group["params"]))]
-            for name, p in zip(names, group["params"]):
+            for name, p in zip(group["param_names"], group["params"]):
                 if p.ndim < 2:
                     raise ValueError(
                         f"parameter {name} with shape {tuple(p.shape)} cannot be in a spectral group: "
@@ -362,21 +448,34 @@ class FusionOpt(torch.optim.Optimizer):
     def sf(self) -> bool:
         return "sf" in self.components
 
+    def _set_group_modes(self) -> None:
+        # schedulefree's optimizers expose the mode per group; tools (and Accelerate) look there
+        for group in self.param_groups:
+            group["train_mode"] = self._train_mode
+
     @torch.no_grad()
     def eval(self) -> None:
         """Switch parameters to the averaged iterate x (call before validation, export, sampling)."""
         if self.sf and self._train_mode:
             for group, p, state in self._sf_params():
-                y_to_x_(p, state["z"], group["betas"][0])
+                if "x" in state:  # low-precision parameter: x is kept in fp32
+                    p.copy_(state["x"])
+                else:
+                    y_to_x_(p, state["z"], group["betas"][0])
         self._train_mode = False
+        self._set_group_modes()
 
     @torch.no_grad()
     def train(self) -> None:
         """Switch parameters back to the gradient point y (call before the next forward/backward)."""
         if self.sf and not self._train_mode:
             for group, p, state in self._sf_params():
-                x_to_y_(p, state["z"], group["betas"][0])
+                if "x" in state:
+                    p.copy_(torch.lerp(state["z"], state["x"], group["betas"][0]))
+                else:
+                    x_to_y_(p, state["z"], group["betas"][0])
         self._train_mode = True
+        self._set_group_modes()
 
     @property
     def training(self) -> bool:
@@ -398,20 +497,28 @@ class FusionOpt(torch.optim.Optimizer):
         state = self.state.get(p)
         if not self.sf or not self._train_mode or not state or "z" not in state:
             return p.detach().clone()
+        if "x" in state:
+            return state["x"].to(p.dtype)
         group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
         return x_from_y(p.detach(), state["z"], group["betas"][0])
 
     # ---------------------------------------------------------------- step
-    def _schedule(self, group: dict[str, Any]) -> tuple[float, float]:
-        """Advance the group's clock; return (scheduled lr η_t, averaging coefficient c_{t+1})."""
+    def _schedule(self, group: dict[str, Any], gate: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Advance the group's clock; return (scheduled lr η_t, averaging coefficient c_{t+1}).
+
+        A skipped step (``gate`` 0) adds no averaging weight, so it leaves x where it was.
+        """
         group["k"] += 1
         k, warm = group["k"], group["warmup_steps"]
         lr_t = group["lr"] * (min(1.0, k / warm) if warm > 0 else 1.0)
         group["scheduled_lr"] = lr_t
         group["lr_max"] = max(group["lr_max"], lr_t)
-        w = averaging_weight(k, group["lr_max"], group["r"], group["weight_lr_power"])
-        group["weight_sum"] += w
-        c = w / group["weight_sum"] if group["weight_sum"] > 0 else 0.0
+        w = averaging_weight(k, group["lr_max"], group["r"], group["weight_lr_power"]) * gate.to(torch.float64)
+        ws = group["weight_sum"]
+        if ws.device != gate.device:
+            ws = group["weight_sum"] = ws.to(gate.device)
+        ws.add_(w)
+        c = torch.where(ws > 0, w / ws.clamp_min(1e-300), torch.zeros_like(ws)).to(torch.float32)
         return lr_t, c
 
     def _check_finite(self, grads: list[torch.Tensor], loss, names) -> torch.Tensor:
@@ -424,9 +531,27 @@ class FusionOpt(torch.optim.Optimizer):
             raise FloatingPointError(f"non-finite gradient(s) in {bad or ['loss']}")
         return finite
 
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=3)
+
+    def _collect(self) -> list[tuple[dict[str, Any], torch.Tensor, str]]:
+        """(group, parameter, name) of every parameter with a gradient; zero-size ones skipped."""
+        items = []
+        for group in self.param_groups:
+            for name, p in zip(group["param_names"], group["params"]):
+                if p.grad is None or p.numel() == 0:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"FusionOpt does not support sparse gradients ({name})")
+                items.append((group, p, name))
+        return items
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, *, loss: torch.Tensor | None = None):
-        """One optimizer step. Pass the loss (``closure`` or ``loss=``) when ``polyak`` is on."""
+        """One optimizer step. Pass the loss (``closure`` or ``loss=``) when ``polyak`` is on;
+        without it that step uses γ = lr (warned once)."""
         if self.sf and not self._train_mode:
             raise RuntimeError(
                 "FusionOpt.step() called in eval mode: parameters hold the averaged weights x. "
@@ -435,20 +560,17 @@ class FusionOpt(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._polyak.mode != "off" and loss is None:
-            raise ValueError(
-                f"polyak={self._polyak.mode!r} needs the loss: call step(loss=loss) or step(closure)"
+        use_polyak = self._polyak.mode != "off"
+        if use_polyak and loss is None:
+            self._warn_once(
+                "polyak-no-loss",
+                f"FusionOpt(polyak={self._polyak.mode!r}): step() got no loss, so this step uses "
+                "γ = lr (no Polyak scaling); pass step(loss=loss) or a closure to use it",
             )
+            use_polyak = False
+        items = self._collect()
         if self._dist is not None and self._dist.sharded:  # distributed seam (2/5): FSDP2 step
-            return self._dist.step(self, loss)
-        items = []
-        for group in self.param_groups:
-            names = group.get("param_names") or [f"group{len(items)}#{i}" for i in range(len(group["params"]))]
-            for name, p in zip(names, group["params"]):
-                if p.grad is not None:
-                    if p.grad.is_sparse:
-                        raise RuntimeError(f"FusionOpt does not support sparse gradients ({name})")
-                    items.append((group, p, name))
+            return self._dist.step(self, loss if use_polyak else None)
         if not items:
             return loss
         grads = [p.grad for _, p, _ in items]
@@ -461,39 +583,62 @@ class FusionOpt(torch.optim.Optimizer):
         zero = torch.zeros((), dtype=grads[0].dtype, device=grads[0].device)
         grads = [torch.where(finite, g, zero.to(g.dtype)) for g in grads]
 
-        sched = {id(g): self._schedule(g) for g in self.param_groups}
+        sched = {id(g): self._schedule(g, gate) for g in self.param_groups}
         if self.sf:
-            for _, p, _ in items:
-                if "z" not in self.state[p]:
-                    self.state[p]["z"] = p.detach().clone()
-        multiplier = self._polyak_multiplier(items, grads, global_loss, sched, gate)
+            self._init_sf_state(items)
+        for _, p, _ in items:  # per-parameter clock for bias correction (torch.optim convention)
+            st = self.state[p]
+            if "step" not in st:
+                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            st["step"] += gate
 
         spectral = [(grp, p, g) for (grp, p, _), g in zip(items, grads) if grp["group_type"] == "spectral"]
         scalar = [(grp, p, g) for (grp, p, _), g in zip(items, grads) if grp["group_type"] == "scalar"]
-        updates = self._spectral_directions(spectral, gate) + self._scalar_directions(scalar, gate, sched)
+        updates = self._spectral_directions(spectral, gate) + self._scalar_directions(scalar, gate)
+        multiplier = self._polyak_multiplier(items, grads, updates, global_loss, sched, gate, use_polyak)
         for group, p, U in updates:
             lr_t, c = sched[id(group)]
             self._apply(group, p, U, lr_t, c, multiplier, gate)
         return loss
 
-    def _polyak_multiplier(self, items, grads, loss, sched, gate) -> torch.Tensor | float:
+    def _init_sf_state(self, items) -> None:
+        for _, p, _ in items:
+            st = self.state[p]
+            if "z" not in st:
+                if _low_precision(p):
+                    # bf16/fp16 parameters: z and x in fp32; p only holds y rounded (see _apply)
+                    st["z"] = p.detach().to(torch.float32)
+                    st["x"] = st["z"].clone()
+                else:
+                    st["z"] = p.detach().clone()
+
+    def _polyak_multiplier(self, items, grads, updates, loss, sched, gate, use_polyak) -> torch.Tensor | float:
+        """The Polyak multiplier of every group's lr (1.0 when off or without a loss).
+
+        The step-length normaliser is the linear decrease the step would give,
+        ``D_t = Σ_groups η_g·⟨g, U_g⟩``, over each group's actual direction U (Adam-normalised or
+        NorMuon/orthogonalised), so the multiplier means the same for every group and direction
+        type (polyak.py).
+        """
         if loss is not None:
             loss_t = torch.as_tensor(loss).detach().float().reshape(())
-        if self._polyak.mode == "off":
+        if not use_polyak:
             if loss is not None:  # keep the loss EMA for telemetry; it costs nothing
-                pl = self._polyak
-                w = (1.0 - pl.beta_p) * gate
-                pl.loss_ema.lerp_(torch.where(gate > 0, loss_t, pl.loss_ema), w)
-                pl.loss_w.lerp_(torch.ones_like(pl.loss_w), w)
+                self._polyak.observe_loss(loss_t, gate)
             return 1.0
-        grad_l1 = torch.stack([n.float() for n in torch._foreach_norm(grads, 1)]).sum()
+        grad_of = {id(p): g for (_, p, _), g in zip(items, grads)}
+        dev = gate.device
+        decrease = torch.zeros((), device=dev)
+        for group, p, U in updates:
+            g = grad_of[id(p)]
+            decrease = decrease + sched[id(group)][0] * torch.vdot(g.flatten().float(), U.flatten().float())
         # I_t = β⟨g, z − x⟩ = ⟨g, z − y⟩ over the Schedule-Free parameters (p holds y).
         inner = sum(
-            (torch.vdot(g.flatten().float(), (self.state[p]["z"] - p).flatten().float()) for (_, p, _), g in zip(items, grads)),
-            torch.zeros((), device=gate.device),
+            (torch.vdot(g.flatten().float(), (self.state[p]["z"] - p).flatten().float())
+             for (_, p, _), g in zip(items, grads)),
+            torch.zeros((), device=dev),
         )
-        lr_ref = sched[id(self.param_groups[0])][0]
-        return self._polyak.update(loss_t, grad_l1, inner, max(lr_ref, 1e-30), gate)
+        return self._polyak.update(loss_t, decrease, inner, gate)
 
     def _kl_config(self, p: torch.Tensor) -> KLShampooConfig:
         # Factors in fp32 (fp64 for fp64 parameters): eigh/QR need it and bf16 factors lose the
@@ -513,6 +658,16 @@ class FusionOpt(torch.optim.Optimizer):
             if t is not None:  # identity sides (longer than max_precond_dim) keep no state
                 state["kl_" + f] = t
 
+    @staticmethod
+    def _ns_key(group: dict[str, Any], device: torch.device) -> tuple:
+        """The Newton–Schulz settings of a group (matrices are batched only within one key)."""
+        coeffs = group["ns_coefficients"]
+        return (
+            FusionOpt._resolve_hot(group["hot_dtype"], device), group["ns_steps"],
+            coeffs if isinstance(coeffs, str) else validate_coefficients(coeffs),
+            group["ns_backend"], group["softening"],
+        )
+
     def _spectral_directions(self, spectral, gate) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
         """MONA → momentum → KL-Shampoo → batched NS5 → NorMuon / shape scale, per spectral param.
 
@@ -520,7 +675,7 @@ class FusionOpt(torch.optim.Optimizer):
         """
         use_mona, use_kl = "mona" in self.components, "shampoo" in self.components
         use_ns = "ns5" in self.components
-        buckets: dict[tuple[int, int], list[tuple[int, torch.Tensor, bool]]] = {}
+        buckets: dict[tuple, list[tuple[int, torch.Tensor, bool]]] = {}
         prepared = []
         for group, p, g in spectral:
             state = self.state[p]
@@ -534,13 +689,13 @@ class FusionOpt(torch.optim.Optimizer):
                     state["mona_seen"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 g_tilde, state["mona_accel"], state["mona_prev"], state["mona_seen"] = self._mona_step(
                     g, state["mona_accel"], state["mona_prev"], state["mona_seen"], gate,
-                    alpha=self.mona_alpha, beta=self.mona_beta,
+                    alpha=group["mona_alpha"], beta=group["mona_beta"],
                 )
             if use_kl and state.get("kl_seed_k", -1) < 0:  # -1: prepopulated, not seeded
                 # First step seeds only (authors' code): momentum, NorMuon and p stay untouched.
                 cfg = self._kl_config(p)
                 init = kl_shampoo_init_state(kshape, cfg, device=p.device)
-                self._store_kl(state, self._kl_seed(g.reshape(kshape), init, cfg, gate))
+                self._store_kl(state, self._kl_seed(_kl_safe(g).reshape(kshape), init, cfg, gate))
                 state["kl_seed_k"] = group["k"]
                 continue
             if "momentum" not in state:
@@ -554,7 +709,7 @@ class FusionOpt(torch.optim.Optimizer):
                 cfg = self._kl_config(p)
                 refresh = kl_shampoo_refresh_due(group["k"] - state["kl_seed_k"], cfg)
                 # factors from the raw gradient (authors' code); the direction from the momentum
-                u, new = self._kl_step(g.reshape(kshape), u.reshape(kshape), self._kl_state(state), cfg, gate, refresh=refresh)
+                u, new = self._kl_step(_kl_safe(g).reshape(kshape), u.reshape(kshape), self._kl_state(state), cfg, gate, refresh=refresh)
                 self._store_kl(state, new)
             if not use_ns:  # shampoo alone (allow_unbounded=True): the KL direction is the update
                 prepared.append((group, p, None, u.reshape(p.shape)))
@@ -562,14 +717,15 @@ class FusionOpt(torch.optim.Optimizer):
             mat = u.reshape(k, rows // k, -1)  # conv kernels flatten to (out, in·kh·kw)
             a, b = mat.shape[-2:]
             tall = a > b
-            buckets.setdefault((min(a, b), max(a, b)), []).append((len(prepared), mat.mT if tall else mat, tall))
+            key = (min(a, b), max(a, b), *self._ns_key(group, p.device))
+            buckets.setdefault(key, []).append((len(prepared), mat.mT if tall else mat, tall))
             prepared.append((group, p, (a, b), None))
         ortho: list[torch.Tensor | None] = [None] * len(prepared)
-        for items in buckets.values():
+        for key, items in buckets.items():
+            hot, steps, coeffs, backend, soft = key[2:]
             X = torch.cat([x for _, x, _ in items])  # one batched NS per canonical shape
             O = self._orthogonalize(
-                X, steps=self.ns_steps, coefficients=self.ns_coefficients,
-                hot_dtype=self.hot_dtype, softening=self.softening,
+                X, steps=steps, coefficients=coeffs, hot_dtype=hot, softening=soft, backend=backend,
             )
             for (i, _, tall), o in zip(items, O.split([x.shape[0] for _, x, _ in items])):
                 ortho[i] = o.mT if tall else o
@@ -586,17 +742,21 @@ class FusionOpt(torch.optim.Optimizer):
                     state["row_var"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
                 U = normuon_rows(
                     O, state["row_var"], beta2=group["normuon_beta2"], eps=group["normuon_eps"],
-                    scale=self.normuon_scale, gate=gate,
+                    scale=group["normuon_scale"], gate=gate,
                 )
-                if self.normuon_scale == "preserve_norm":
-                    U = U * lr_shape_scale(a, b, self.lr_scale)
+                if group["normuon_scale"] == "preserve_norm":
+                    U = U * lr_shape_scale(a, b, group["lr_scale"])
             else:
-                U = O * lr_shape_scale(a, b, self.lr_scale)
+                U = O * lr_shape_scale(a, b, group["lr_scale"])
             out.append((group, p, U.reshape(p.shape)))
         return out
 
-    def _scalar_directions(self, scalar, gate, sched) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
-        """Adam-normalised gradients (Schedule-Free AdamW has no first moment)."""
+    def _scalar_directions(self, scalar, gate) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
+        """Adam-normalised gradients (Schedule-Free AdamW has no first moment).
+
+        Bias correction uses the parameter's own step count ``state["step"]`` (as torch's AdamW
+        does), so a parameter that first gets a gradient late does not take an oversized step.
+        """
         out = []
         for group, p, g in scalar:
             state = self.state[p]
@@ -606,30 +766,37 @@ class FusionOpt(torch.optim.Optimizer):
                 if not self.sf:
                     state["exp_avg"] = torch.zeros_like(p, dtype=dt)
             beta1, beta2 = group["betas"]
-            k = group["k"]
-            g = g.to(dt)
+            k = state["step"].clamp_min(1.0).double()  # a skipped first step leaves it 0
+            g = _clip_for_square(g.to(dt))
             v = state["exp_avg_sq"]
             v.lerp_(g.square(), (1.0 - beta2) * gate.to(dt))
-            denom = (v / (1.0 - beta2**k)).sqrt_().add_(group["eps"])
+            bc2 = (1.0 - beta2**k).to(dt)
+            denom = (v / bc2).sqrt_().add_(group["eps"])
             if self.sf:
                 U = g / denom
             else:
                 m = state["exp_avg"]
                 m.lerp_(g, (1.0 - beta1) * gate.to(dt))
-                U = m / denom / (1.0 - beta1**k)
+                U = m / denom / (1.0 - beta1**k).to(dt)
             out.append((group, p, U))
         return out
 
-    def _apply(self, group, p, U, lr_t: float, c: float, multiplier, gate) -> None:
+    def _apply(self, group, p, U, lr_t: float, c: torch.Tensor, multiplier, gate) -> None:
         wd = group["weight_decay"]
         step_lr = multiplier * lr_t if isinstance(multiplier, torch.Tensor) else lr_t
+        # a direction that overflowed (absurd but finite gradients) is dropped for this parameter
+        gate = gate * torch.isfinite(U).all()
         if self.sf:
-            z = self.state[p]["z"]
+            state = self.state[p]
+            z = state["z"]
             delta = U * step_lr
             if wd:
                 delta = delta + z * (lr_t * wd)
-            delta = (delta * gate).to(p.dtype)
-            sf_update_(p, z, delta, (gate * c).to(p.dtype), group["betas"][0])
+            delta = delta * gate
+            if "x" in state:
+                sf_update_precise_(p, z, state["x"], delta.to(z.dtype), gate * c, group["betas"][0])
+            else:
+                sf_update_(p, z, delta.to(p.dtype), (gate * c).to(p.dtype), group["betas"][0])
         else:
             if wd:
                 p.mul_((1.0 - lr_t * wd * gate).to(p.dtype))
@@ -638,9 +805,12 @@ class FusionOpt(torch.optim.Optimizer):
     # ---------------------------------------------------------------- telemetry / state
     def telemetry(self, as_tensors: bool = False) -> dict[str, Any]:
         """Scalars for logging: ``fusion/gamma_curr`` (the Polyak-scaled lr of the first group),
-        ``fusion/gamma_ratio`` (the unclamped ratio), ``fusion/gamma_multiplier`` (clamped),
-        ``fusion/loss_ema``, ``fusion/gnorm_ema`` (bias-corrected; gnorm is ‖g‖₁·√(π/2)),
-        ``fusion/lr`` (scheduled), ``fusion/step``, ``fusion/nonfinite_steps``, ``fusion/train_mode``.
+        ``fusion/gamma_curr/<i>`` (every group's), ``fusion/gamma_ratio`` (the unclamped ratio),
+        ``fusion/gamma_multiplier`` (clamped), ``fusion/loss_ema``, ``fusion/gnorm_ema``
+        (bias-corrected EMA of the Polyak normaliser Σ η_g⟨g, U_g⟩), ``fusion/lr`` (scheduled),
+        ``fusion/step``, ``fusion/nonfinite_steps``, ``fusion/train_mode`` and
+        ``fusion/hot_dtype_bf16`` (1.0 when Newton–Schulz runs in bf16: what ``hot_dtype="auto"``
+        resolved to; the name is ``optimizer.hot_dtype_resolved``).
 
         Reading them synchronises with the device (call it when you log, not every step).
         """
@@ -658,6 +828,11 @@ class FusionOpt(torch.optim.Optimizer):
             "fusion/nonfinite_steps": self._nonfinite_steps,
             "fusion/train_mode": self._train_mode,
         }
+        for i, g in enumerate(self.param_groups):
+            vals[f"fusion/gamma_curr/{i}"] = pl.multiplier * g["scheduled_lr"]
+        # numeric like every other entry (loggers call float() on them): 1.0 when Newton–Schulz
+        # runs in bf16, the one choice hot_dtype="auto" makes besides fp32
+        vals["fusion/hot_dtype_bf16"] = float(self.hot_dtype_resolved == "bf16")
         if as_tensors:
             return vals
         return {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in vals.items()}
@@ -700,10 +875,27 @@ class FusionOpt(torch.optim.Optimizer):
                     k: (v.to(device=p.device).clone() if isinstance(v, torch.Tensor) else v)
                     for k, v in saved.items()
                 }
+        for g, saved_g in zip(self.param_groups, state_dict["param_groups"]):
+            ws = saved_g.get("weight_sum")
+            if isinstance(ws, torch.Tensor):  # torch's loader keeps it, but on the saved device
+                g["weight_sum"] = ws.to(device=g["params"][0].device if g["params"] else "cpu",
+                                        dtype=torch.float64).clone()
+            elif ws is not None:  # state saved before the weight sum became a tensor
+                g["weight_sum"] = torch.tensor(float(ws), dtype=torch.float64)
         self._train_mode = bool(extra["train_mode"])
+        self._set_group_modes()
         self._polyak.load_state_dict(extra["polyak"])
         self._nonfinite_steps = extra["nonfinite_steps"].to(self._nonfinite_steps.device).clone()
         for group in self.param_groups:
             group.pop("fusion_extra", None)
         if self._dist is not None:
             self._dist.after_load(self)
+
+
+#: Largest |gradient| fed to the KL-Shampoo factor update: its factors hold products of two
+#: gradients scaled by up to ``max_clamp_value² · dim`` and must stay finite in fp32.
+KL_GRAD_LIMIT = 1e12
+
+
+def _kl_safe(g: torch.Tensor) -> torch.Tensor:
+    return g.clamp(-KL_GRAD_LIMIT, KL_GRAD_LIMIT)

@@ -22,18 +22,41 @@ Rules, first match wins:
 7. conv kernels (≥3 dims): flattened to ``(out, in·kh·kw)`` when ``flatten_conv`` (else scalar),
    then the shape rule.
 8. matrices with ``min(shape) >= min_dim`` → spectral, smaller ones → scalar.
+
+``min_dim`` defaults to :data:`DEFAULT_MIN_DIM` = 32. Muon-family references orthogonalise every
+hidden matrix whatever its size (KellerJordan/Muon, microsoft/dion, torch.optim.Muon); the
+threshold only keeps tiny matrices (a 10-class output head, a 3-channel stem) on the element-wise
+path, where Newton–Schulz on a 10×256 matrix would just be overhead. (It was 128, which routed
+*every* matrix of a 64-wide model to the scalar path although the README promised "hidden matrices
+→ spectral".) When fewer than 10 % of the parameters land on the spectral path,
+:func:`build_param_groups` warns once per call site and names the ``min_dim`` that would change it.
+Zero-size parameters are routed to the scalar group (FusionOpt skips them when stepping).
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["IO_PATTERNS", "MODULATOR_PATTERN", "build_param_groups", "summarise_groups"]
+__all__ = [
+    "DEFAULT_MIN_DIM",
+    "IO_PATTERNS",
+    "MODULATOR_PATTERN",
+    "SPECTRAL_FRACTION_WARNING",
+    "build_param_groups",
+    "route_parameter",
+    "summarise_groups",
+]
+
+#: Smallest matrix side routed to the spectral path by default.
+DEFAULT_MIN_DIM = 32
+#: build_param_groups warns when less than this fraction of the parameters is spectral.
+SPECTRAL_FRACTION_WARNING = 0.10
 
 MODULATOR_PATTERN = (
     r"(^|\.)(adaLN_mod|adaLN_modulation|adaln_mod|img_mod|txt_mod|modulation)(\.|$)"
@@ -94,9 +117,11 @@ def _route(
         return "spectral", "force_spectral", 1
     if p.ndim < 2:
         return "scalar", "vector (bias/norm/scale)", 1
+    if p.numel() == 0:
+        return "scalar", "zero-size (skipped when stepping)", 1
     if name in embeddings:
         return "scalar", "embedding table", 1
-    rows, cols = p.shape[0], p[0].numel()
+    rows, cols = p.shape[0], p.numel() // p.shape[0]
     if re.search(MODULATOR_PATTERN, name):
         if min(rows, cols) < min_dim:
             return "scalar", f"adaLN modulator smaller than min_dim={min_dim}", 1
@@ -113,27 +138,88 @@ def _route(
     return "spectral", "conv kernel flattened (out, in*kh*kw)" if p.ndim > 2 else "hidden matrix", 1
 
 
+def route_parameter(
+    name: str, p: torch.Tensor, *, min_dim: int = DEFAULT_MIN_DIM, flatten_conv: bool = True
+) -> tuple[str, str, int]:
+    """``(group_type, reason, ns_split)`` for one parameter from its name and shape alone.
+
+    What FusionOpt uses for groups without ``group_type`` (no module types, so embedding tables
+    are recognised only by the name patterns of input projections).
+
+    Example:
+        >>> route_parameter("blocks.0.fc1.weight", torch.zeros(512, 128))[:2]
+        ('spectral', 'hidden matrix')
+    """
+    return _route(
+        name, p, embeddings=set(), force_scalar=[], force_spectral=[],
+        min_dim=min_dim, flatten_conv=flatten_conv, split_adaln=False,
+    )
+
+
+def _matrix_min_sides(groups: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(min side, numel) of every scalar-routed matrix that only the shape rule kept scalar."""
+    out = []
+    for g in groups:
+        if g["group_type"] != "scalar":
+            continue
+        for p, why in zip(g["params"], g["reasons"]):
+            if why.startswith("min(shape)"):
+                out.append((min(p.shape[0], p.numel() // p.shape[0]), p.numel()))
+    return out
+
+
+def _warn_if_mostly_scalar(groups: list[dict[str, Any]], min_dim: int) -> None:
+    total = sum(p.numel() for g in groups for p in g["params"])
+    spectral = sum(p.numel() for g in groups if g["group_type"] == "spectral" for p in g["params"])
+    if total == 0 or spectral >= SPECTRAL_FRACTION_WARNING * total:
+        return
+    small = _matrix_min_sides(groups)
+    # the largest min_dim that moves enough matrices to reach the threshold, if any does
+    hint = ""
+    for side in sorted({s for s, _ in small}, reverse=True):
+        moved = sum(n for s, n in small if s >= side)
+        if spectral + moved >= SPECTRAL_FRACTION_WARNING * total:
+            hint = f"; build_param_groups(model, min_dim={side}) would put {100 * (spectral + moved) / total:.0f} % there"
+            break
+    if not hint and small:
+        side = min(s for s, _ in small)
+        hint = f"; even min_dim={side} puts only {100 * (spectral + sum(n for _, n in small)) / total:.0f} % there"
+    warnings.warn(
+        f"build_param_groups: only {100 * spectral / total:.1f} % of the parameters are on the "
+        f"spectral (Newton–Schulz) path with min_dim={min_dim}{hint}. Print summarise_groups(groups) "
+        "to see why each parameter went where.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def build_param_groups(
     model: nn.Module,
     force_scalar: Sequence[str] | str | None = None,
     force_spectral: Sequence[str] | str | None = None,
-    min_dim: int = 128,
+    min_dim: int = DEFAULT_MIN_DIM,
     flatten_conv: bool = True,
     split_adaln: bool = False,
     spectral_options: dict[str, Any] | None = None,
     scalar_options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Split ``model``'s trainable parameters into FusionOpt param groups.
+    r"""Split ``model``'s trainable parameters into FusionOpt param groups.
 
     Each group is a dict with ``params``, ``param_names``, ``reasons`` and ``group_type``
     (``"spectral"`` or ``"scalar"``); spectral groups also carry ``ns_split``. ``spectral_options``
     / ``scalar_options`` are merged into the groups (e.g. ``{"lr": 0.02, "weight_decay": 0.01}``).
 
+    A plain ``nn.Sequential`` gives its input layer no name to recognise it by: with both sides
+    ≥ ``min_dim`` it is routed spectral (Muon's authors keep input and output layers on AdamW);
+    name it (``x_embedder``, ``proj_in``, … see :data:`IO_PATTERNS`) or pass ``force_scalar``.
+
     Example:
         >>> model = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 256), nn.Linear(256, 8))
-        >>> groups = build_param_groups(model)
-        >>> [(g["group_type"], g["param_names"]) for g in groups if g["group_type"] == "spectral"]
-        [('spectral', ['2.weight'])]
+        >>> [g["param_names"] for g in build_param_groups(model) if g["group_type"] == "spectral"]
+        [['0.weight', '2.weight']]
+        >>> groups = build_param_groups(model, force_scalar=[r"^0\."])  # keep the input layer element-wise
+        >>> [g["param_names"] for g in groups if g["group_type"] == "spectral"]
+        [['2.weight']]
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -163,11 +249,19 @@ def build_param_groups(
         buckets[key]["param_names"].append(name)
         buckets[key]["reasons"].append(reason)
     order = sorted(buckets, key=lambda k: (k[0] != "spectral", k[1]))
-    return [buckets[k] for k in order]
+    groups = [buckets[k] for k in order]
+    _warn_if_mostly_scalar(groups, min_dim)
+    return groups
 
 
-def summarise_groups(model_or_groups: nn.Module | Sequence[dict[str, Any]]) -> str:
-    """A printable table (name, shape, group, why) of a model's routing or of built groups."""
+def summarise_groups(model_or_groups: nn.Module | Sequence[dict[str, Any]], optimizer: Any = None) -> str:
+    """A printable table (name, shape, group, why) of a model's routing or of built groups.
+
+    With ``optimizer`` (a FusionOpt, or groups taken from ``optimizer.param_groups``) the footer
+    also names the Newton–Schulz dtype actually used (``hot_dtype="auto"`` resolved) and backend.
+    """
+    if optimizer is None and hasattr(model_or_groups, "hot_dtype_resolved"):
+        optimizer, model_or_groups = model_or_groups, model_or_groups.param_groups
     groups = (
         build_param_groups(model_or_groups)
         if isinstance(model_or_groups, nn.Module)
@@ -189,4 +283,10 @@ def summarise_groups(model_or_groups: nn.Module | Sequence[dict[str, Any]]) -> s
     total = sum(totals.values()) or 1
     out.append("")
     out += [f"{k}: {v:,} parameters ({100 * v / total:.1f} %)" for k, v in sorted(totals.items())]
+    hot = {g.get("hot_dtype") for g in groups if g.get("group_type") == "spectral"} - {None}
+    if optimizer is not None:
+        out.append(f"Newton–Schulz: hot_dtype={optimizer.hot_dtype_resolved!r} "
+                   f"(requested {optimizer.hot_dtype!r}), backend={optimizer.ns_backend!r}")
+    elif hot:
+        out.append(f"Newton–Schulz hot_dtype: {', '.join(sorted(map(str, hot)))} ('auto' is resolved per device)")
     return "\n".join(out)

@@ -16,13 +16,18 @@ y and z when needed. Writing Δ = z_t − z_{t+1}, the three lines fuse into
     y ← lerp(y, z, c) − (1 − β(1−c))·Δ ;  z ← z − Δ
 
 which is the same algebra as schedulefree's ``AdamWScheduleFree`` fused step.
+
+Low-precision (bf16/fp16) parameters: deriving x from y and z in bf16 cancels catastrophically
+(``x = (y − (1−β)z)/β`` with y, z rounded to 8 bits), and a bf16 z cannot absorb updates smaller
+than its ulp. For those parameters FusionOpt keeps z and x in fp32 (:func:`sf_update_precise_`)
+and the parameter holds y rounded once; ``eval()`` writes x rounded once.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["averaging_weight", "sf_update_", "x_from_y", "y_to_x_", "x_to_y_"]
+__all__ = ["averaging_weight", "sf_update_", "sf_update_precise_", "x_from_y", "y_to_x_", "x_to_y_"]
 
 
 def averaging_weight(step: int, lr_max: float, r: float = 0.0, weight_lr_power: float = 2.0) -> float:
@@ -52,3 +57,15 @@ def y_to_x_(p: torch.Tensor, z: torch.Tensor, beta: float) -> None:
 def x_to_y_(p: torch.Tensor, z: torch.Tensor, beta: float) -> None:
     """Switch a parameter holding x to y in place (``optimizer.train()``)."""
     p.lerp_(z, 1.0 - beta)
+
+
+def sf_update_precise_(
+    p: torch.Tensor, z: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, c: torch.Tensor, beta: float
+) -> None:
+    """Schedule-Free step with z and x in fp32 for a low-precision parameter ``p`` (holds y).
+
+    ``z ← z − Δ ;  x ← lerp(x, z, c) ;  p ← round((1−β)·z + β·x)``.
+    """
+    z.sub_(delta)
+    x.lerp_(z, c.to(x.dtype) if isinstance(c, torch.Tensor) else c)
+    p.copy_(torch.lerp(z, x, beta))

@@ -106,9 +106,9 @@ def make_optimizer(
 
     ``adamw`` is ``torch.optim.AdamW(model.parameters(), lr, weight_decay=…)`` (``options`` go to
     AdamW; no warm-up: pass ``warmup_steps=0``). The others build
-    ``FusionOpt(build_param_groups(model), lr, recipe=…, weight_decay=…, warmup_steps=…, **options)``;
-    on a CPU model ``hot_dtype`` defaults to ``"fp32"`` (bf16 matmuls are slower than fp32 on most
-    CPUs and the point of bf16 is GPU throughput), elsewhere to FusionOpt's default.
+    ``FusionOpt(build_param_groups(model), lr, recipe=…, weight_decay=…, warmup_steps=…, **options)``
+    with FusionOpt's defaults (``hot_dtype="auto"`` measures whether bf16 Newton–Schulz is faster
+    than fp32 on this device).
 
     Example:
         >>> opt = make_optimizer("sf-normuon", nn.Linear(256, 256))
@@ -130,9 +130,6 @@ def make_optimizer(
             f"recipe {recipe!r} is not available until FusionOpt gains it (branch issue-4: MONA); "
             f"available now: {[r for r in TRAIN_RECIPES if r == 'adamw' or _FUSION_RECIPE[r] in RECIPES]}"
         )
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    if device.type == "cpu":
-        options.setdefault("hot_dtype", "fp32")
     try:
         return FusionOpt(
             build_param_groups(model), lr=lr, recipe=name, weight_decay=weight_decay,

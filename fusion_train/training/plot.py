@@ -24,6 +24,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fusion_infer.files import atomic_write
+
 from .telemetry import read_telemetry
 
 __all__ = ["plot_run", "plot_telemetry"]
@@ -112,13 +114,10 @@ def plot_telemetry(records: list[dict[str, Any]], out: str | os.PathLike, title:
         fig.suptitle(title, fontsize=10)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)  # a reader never sees a half-written image
+    try:  # a reader never sees a half-written image
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -147,6 +147,8 @@ class ModulatorCache(ModelHook):
         )
         self._paths = list(table.sites)
         self._local = threading.local()  # per-thread ``disabled()`` depth
+        #: Why every call on every thread bypasses the table (e.g. an offload fallback), or None.
+        self.bypass_reason: str | None = None
         self._streams: OrderedDict[Any, float] = OrderedDict()
         self._lora_merged: tuple | None = None
         #: :class:`fusion_diffusers.offload.WeightOffload` when ``config.offload_weights``, else None.
@@ -171,7 +173,7 @@ class ModulatorCache(ModelHook):
     def __repr__(self) -> str:
         s = self.core.stats
         bound = f"/{self.config.max_entries}" if self.config.max_entries is not None else ""
-        state = "disabled" if self._disabled else "enabled"
+        state = "disabled" if getattr(self._local, "depth", 0) or self.bypass_reason else "enabled"
         offload = f", offload={self.offload.offload_device}" if self.offload is not None else ""
         return (
             f"ModulatorCache(family={self.family.name!r}, model={type(self.table.model).__name__}, "
@@ -342,7 +344,7 @@ class ModulatorCache(ModelHook):
                 "(modulator weights rest on the offload device); call transformer.eval(), or "
                 "remove_modulator_cache(transformer) before training"
             )
-        if getattr(self._local, "depth", 0) or module.training:
+        if getattr(self._local, "depth", 0) or self.bypass_reason is not None or module.training:
             self.core.stats.bypassed += 1
             return None
         if self.table.sync():

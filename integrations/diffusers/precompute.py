@@ -238,7 +238,7 @@ def _compute_directly(cache: ModulatorCache, reason: str) -> None:
                 t.data = t.data.to(home)
     cache.offload = None
     cache.invalidate("offload_fallback")
-    cache._disabled += 1  # bypass: modulators computed by the model itself, bit-identical
+    cache.bypass_reason = reason  # every thread: modulators computed by the model itself, bit-identical
     logger.warning("fusion_diffusers: %s; falling back to computing modulators directly "
                    "(weights stay on %s, cache bypassed)", reason, home)
 

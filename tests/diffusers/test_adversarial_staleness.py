@@ -378,7 +378,7 @@ def test_torch_save_and_pickle_round_trip_exactly(sc: SuiteCase):
     buf = io.BytesIO()
     torch.save(model, buf)
     buf.seek(0)
-    loaded = torch.load(buf, weights_only=False)
+    loaded = torch.load(buf, weights_only=False)  # trusted: this test's own buffer
     clone = pickle.loads(pickle.dumps(model))
     for m in (loaded, clone):
         cache = get_modulator_cache(m)

@@ -334,7 +334,7 @@ def test_torch_save_and_pickle_of_a_cached_head_round_trip_exactly():
     buf = io.BytesIO()
     torch.save(head, buf)
     buf.seek(0)
-    for loaded in (torch.load(buf, weights_only=False), pickle.loads(pickle.dumps(head))):
+    for loaded in (torch.load(buf, weights_only=False), pickle.loads(pickle.dumps(head))):  # trusted: this test's own buffer
         assert loaded.modulator_provider.model is loaded
         for _ in range(2):
             assert all(torch.equal(_call(loaded, x, t, None), r) for t, r in zip(TS, outs))

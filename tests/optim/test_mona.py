@@ -13,6 +13,7 @@ from fusion_train.optim.mona import (
     default_mona_alpha,
     mona_init_buffers,
     mona_transform,
+    reimplementation_mona_alpha,
     validate_mona_alpha,
     validate_mona_beta,
 )
@@ -84,9 +85,13 @@ def test_second_step_weights_match_default_alpha():
     g1, g2 = torch.randn(2, 5), torch.randn(2, 5)
     accel, prev = mona_init_buffers(g1)
     beta = 0.975
+    mona_transform(g1, accel, prev, alpha=reimplementation_mona_alpha(beta), beta=beta, first_step=True)
+    out = mona_transform(g2, accel, prev, alpha=reimplementation_mona_alpha(beta), beta=beta, first_step=False)
+    torch.testing.assert_close(out, (g1 + g2) / 2, rtol=1e-5, atol=1e-6)  # c = −½: smoothing
+    accel, prev = mona_init_buffers(g1)
     mona_transform(g1, accel, prev, alpha=default_mona_alpha(beta), beta=beta, first_step=True)
     out = mona_transform(g2, accel, prev, alpha=default_mona_alpha(beta), beta=beta, first_step=False)
-    torch.testing.assert_close(out, (g1 + g2) / 2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, 1.5 * g2 - 0.5 * g1, rtol=1e-5, atol=1e-6)  # c = +½: extrapolation
 
 
 def test_lite_bf16_buffers_stay_close_to_fp32():
@@ -152,8 +157,9 @@ def test_compiles_without_graph_breaks_and_two_graphs_at_most():
 
 
 def test_default_alpha_values():
-    assert math.isclose(default_mona_alpha(0.975), -20.0)
-    assert math.isclose(default_mona_alpha(0.99), -50.0)
+    assert math.isclose(default_mona_alpha(0.975), 20.0)
+    assert math.isclose(default_mona_alpha(0.99), 50.0)
+    assert math.isclose(reimplementation_mona_alpha(0.975), -20.0)
     assert DEFAULT_MONA_BETA == 0.975
 
 
@@ -207,7 +213,7 @@ def test_shape_and_dtype_mismatch_raise():
 
 
 def test_config_resolves_default_alpha_and_validates():
-    assert math.isclose(MonaConfig().resolved_alpha, -20.0)
+    assert math.isclose(MonaConfig().resolved_alpha, 20.0)
     assert MonaConfig(beta=0.9, alpha=0.2).resolved_alpha == 0.2
     with pytest.raises(ValueError, match=r"mona_beta must be in \[0, 1\)"):
         MonaConfig(beta=1.0)

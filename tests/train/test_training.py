@@ -36,7 +36,7 @@ def test_make_optimizer_recipes():
     muon = make_optimizer("muon", head, 1e-3)
     assert isinstance(muon, FusionOpt) and muon.components == RECIPES["muon"] and not muon.sf
     sf = make_optimizer("sf-normuon", head)
-    assert sf.components == RECIPES["sf-normuon"] and sf.hot_dtype == "fp32"  # CPU default
+    assert sf.components == RECIPES["sf-normuon"] and sf.hot_dtype == "auto"  # FusionOpt default
     for recipe in ("muon+mona", "full"):
         try:
             opt = make_optimizer(recipe, head, 1e-3)
