@@ -5,7 +5,9 @@ Run as a script to regenerate ``docs/diffusers_support.md``::
     python -m fusion_diffusers.support --out docs/diffusers_support.md
 
 Every model class that ``diffusers`` exports from ``diffusers.models.transformers`` is built with its default config on the
-``meta`` device (no memory, no downloads). A class with a registered family is *exact* (bit-exact
+``meta`` device (no memory, no downloads); where the class's ``__init__`` defaults build no working
+model (``in_channels=None``, …), the keys of its :attr:`fusion_diffusers.tiny.TinySpec.defaults`
+complete them. A class with a registered family is *exact* (bit-exact
 tests in ``tests/diffusers``; the versions it was verified on are listed). Every other class is
 refused at ``apply`` time, and its reason here is derived from one traced forward of a tiny
 instance (:mod:`fusion_diffusers.discover`) — "modulators depend on tokens", "no adaLN", "not yet
@@ -40,6 +42,7 @@ from fusion_infer.files import atomic_write
 
 from .discover import Proposal, propose_family
 from .families import FAMILIES, UnsupportedModelError, resolve_family, site_paths
+from .tiny import SPECS
 
 __all__ = ["REASONS", "modulator_parameter_share", "reason_counts", "site_parameters", "support_markdown",
            "support_rows"]
@@ -85,15 +88,13 @@ def _transformer_classes() -> list[type]:
     return classes
 
 
-#: Reasons the trace cannot derive (or states less precisely), by class name.
+#: Reasons the trace cannot derive (or states less precisely), by class name (classes without a
+#: family only: a registered family's row names the family).
 REASONS: dict[str, str] = {
     "Transformer2DModel": "not yet proven: generic block container whose layout depends on `norm_type` "
                           "(its `ada_norm_zero` form is what `DiTTransformer2DModel` wraps)",
     "TransformerTemporalModel": "no adaLN: temporal attention layers inside UNets (no timestep input used)",
     "DreamLiteTransformer2DModel": "not yet proven: generic block container (layout depends on `norm_type`)",
-    "LatteTransformer3DModel": "not yet proven: default config not constructible; adaLN-single like PixArt",
-    "EasyAnimateTransformer3DModel": "not yet proven: default config not constructible",
-    "OmniGenTransformer2DModel": "no adaLN: the timestep enters as a token of the LLM sequence",
 }
 
 
@@ -163,9 +164,10 @@ def support_rows() -> list[dict]:
         row = {"class": cls.__name__, "status": "refused", "reason": "", "verified": "", "params_B": None,
                "share": None, "share_source": ""}
         fam = FAMILIES.get(cls)
+        spec = SPECS.get(cls.__name__)
         try:
             with torch.device("meta"):
-                model = cls()
+                model = cls(**(spec.defaults if spec is not None else {}))
         except Exception as exc:  # noqa: BLE001 - report, never crash the table
             if fam is not None:  # proven on its tests' configs; no default to measure the share on
                 row.update(status="exact", reason=f"family `{fam.name}` (default config not constructible)",
@@ -226,7 +228,8 @@ def support_markdown(rows: list[dict]) -> str:
         "built generically.",
         "",
         "Modulator share = parameters of the modules the family slots (and an offload moves), at the "
-        "default config; for refused classes the modules the trace proposes (*trace*) or, without a "
+        "default config (completed by the class's `TinySpec.defaults` where its own defaults build no "
+        "working model); for refused classes the modules the trace proposes (*trace*) or, without a "
         "trace, adaLN `Linear`s found by name (*name rules*).",
         "",
         "Counts: " + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ".",

@@ -62,12 +62,19 @@ class TinySpec:
     """Per-class help for :func:`tiny_case`.
 
     Attributes:
-        config: keys set after the generic reduction.
+        config: keys set after the generic reduction (sizes the rules cannot derive).
         inputs: ``(model, batch, dtype, seed) -> forward kwargs``; None: :func:`synth_inputs`.
+        defaults: keys used in place of the class's ``__init__`` defaults where those do not build
+            a working model (``in_channels=None``, a norm type the released checkpoints do not
+            use); reduced like any config value, and a model's own config wins over them.
+        unreduced: keys the generic rules would wrongly shrink (CogView4's ``rope_axes_dim`` is a
+            position-table size, not a rotary split): kept as in the given config.
     """
 
     config: dict = field(default_factory=dict)
     inputs: InputsFn | None = None
+    defaults: dict = field(default_factory=dict)
+    unreduced: tuple[str, ...] = ()
 
 
 _LAYERS = re.compile(r"(layers|blocks|depth)$")
@@ -209,9 +216,13 @@ def tiny_model(cls: type, config: dict | None = None, *, seed: int = 0, dtype: t
     Raises:
         TinyInstanceError: the reduced config does not construct.
     """
-    cfg = reduced_config(cls, config)
     spec = SPECS.get(cls.__name__)
+    if spec is not None and spec.defaults:
+        config = {**spec.defaults, **({} if config is None else dict(config))}
+    cfg = reduced_config(cls, config)
     if spec is not None:
+        given = _class_defaults(cls) | ({} if config is None else dict(config))
+        cfg.update({k: given[k] for k in spec.unreduced if k in given})
         cfg.update(spec.config)
     torch.manual_seed(seed)
     try:
@@ -401,6 +412,258 @@ def _z_image_inputs(model, batch, dtype, seed):
             "cap_feats": [torch.randn(5 + i, model.config.cap_feat_dim, generator=g).to(dtype) for i in range(batch)]}
 
 
+def _randn(g: torch.Generator, dtype: torch.dtype, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=g).to(dtype)
+
+
+def _wan_vace_inputs(model, batch, dtype, seed):
+    # VACE control video: `vace_in_channels` channels on the latent grid.
+    out = synth_inputs(model, batch, dtype, seed)
+    shape = out["hidden_states"].shape[2:]
+    out["control_hidden_states"] = _randn(torch.Generator().manual_seed(seed + 1), dtype, batch,
+                                          model.config.vace_in_channels, *shape)
+    return out
+
+
+def _hunyuan_video15_inputs(model, batch, dtype, seed):
+    # Qwen prompt tokens (second row masked short), ByT5 glyph tokens, SigLIP image embeddings
+    # (all zero, as the pipeline passes them for text-to-video).
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    mask = torch.ones(batch, 5, dtype=torch.long)
+    mask[1:, 3:] = 0
+    out = {"hidden_states": _randn(g, dtype, batch, c.in_channels, 2 * c.patch_size_t, 4 * c.patch_size, 4 * c.patch_size),
+           "encoder_hidden_states": _randn(g, dtype, batch, 5, c.text_embed_dim),
+           "encoder_attention_mask": mask,
+           "encoder_hidden_states_2": _randn(g, dtype, batch, 3, c.text_embed_2_dim),
+           "encoder_attention_mask_2": torch.ones(batch, 3, dtype=torch.long),
+           "image_embeds": torch.zeros(batch, 2, c.image_embed_dim, dtype=dtype),
+           "timestep": _timesteps(batch, dtype)}
+    if c.use_meanflow:
+        out["timestep_r"] = _timesteps(batch, dtype) * 0.5
+    return out
+
+
+def _hunyuan_video_framepack_inputs(model, batch, dtype, seed):
+    # FramePack: 2 new frames at latent indices 3..4 after one clean frame and 2x/4x-compressed
+    # history (token side only), plus the SigLIP image embedding.
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    ch, h, w = c.in_channels, 2 * c.patch_size, 2 * c.patch_size
+    out = {"hidden_states": _randn(g, dtype, batch, ch, 2 * c.patch_size_t, h, w),
+           "encoder_hidden_states": _randn(g, dtype, batch, 5, c.text_embed_dim),
+           "encoder_attention_mask": torch.ones(batch, 5, dtype=torch.long),
+           "pooled_projections": _randn(g, dtype, batch, c.pooled_projection_dim),
+           "timestep": _timesteps(batch, dtype),
+           "image_embeds": _randn(g, dtype, batch, 3, c.image_proj_dim),
+           "indices_latents": torch.arange(3, 5)}
+    if c.guidance_embeds:
+        out["guidance"] = torch.tensor([6.0, 3.5, 5.0, 4.0][:batch]).to(dtype)
+    if c.has_clean_x_embedder:
+        out.update(latents_clean=_randn(g, dtype, batch, ch, 1, h, w), indices_latents_clean=torch.tensor([2]),
+                   latents_history_2x=_randn(g, dtype, batch, ch, 2, h, w),
+                   indices_latents_history_2x=torch.tensor([0, 1]),
+                   latents_history_4x=_randn(g, dtype, batch, ch, 4, h, w),
+                   indices_latents_history_4x=torch.arange(4))
+    return out
+
+
+def _ltx_inputs(model, batch, dtype, seed):
+    # Packed tokens (B, frames*h*w, in_channels) with the latent grid passed as integers.
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    f, h, w = 2 * c.patch_size_t, 4 * c.patch_size, 4 * c.patch_size
+    tokens = (f // c.patch_size_t) * (h // c.patch_size) * (w // c.patch_size)
+    return {"hidden_states": _randn(g, dtype, batch, tokens, c.in_channels),
+            "encoder_hidden_states": _randn(g, dtype, batch, 5, c.caption_channels),
+            "encoder_attention_mask": torch.ones(batch, 5, dtype=torch.long),
+            "timestep": _timesteps(batch, dtype),
+            "num_frames": f, "height": h, "width": w}
+
+
+def _ltx2_inputs(model, batch, dtype, seed):
+    # LTX inputs plus the audio stream: its latents, prompt, mask and own timestep.
+    out = _ltx_inputs(model, batch, dtype, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    c = model.config
+    out.update(audio_hidden_states=_randn(g, dtype, batch, 5, c.audio_in_channels),
+               audio_encoder_hidden_states=_randn(g, dtype, batch, 5, c.caption_channels),
+               audio_encoder_attention_mask=torch.ones(batch, 5, dtype=torch.long),
+               audio_timestep=_timesteps(batch, dtype) * 0.9, audio_num_frames=5, fps=24.0)
+    return out
+
+
+def _minimax_h3_inputs(model, batch, dtype, seed):
+    # One packed sequence per row: 3 text, 4 audio, 8 video tokens (video already patchified);
+    # two timesteps, the audio rows following the second.
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    n_text, n_audio, n_video = 3, 4, 8
+    seq = n_text + n_audio + n_video
+    text, audio = torch.arange(n_text), torch.arange(n_text, n_text + n_audio)
+    video = torch.arange(n_text + n_audio, seq)
+    tags = torch.zeros(seq, dtype=torch.long)
+    tags[text], tags[audio] = 1, 2
+    t_idx = torch.zeros(seq, dtype=torch.long)
+    t_idx[audio] = 1
+    pos = torch.zeros(seq, 3)
+    pos[:, 0] = torch.arange(seq, dtype=torch.float32)
+    pos[video, 1] = torch.arange(n_video, dtype=torch.float32) % 4
+    patch = 1
+    for p in c.patch_size:
+        patch *= p
+    return {"hidden_states": _randn(g, dtype, batch, n_video, c.in_channels * patch),
+            "audio_hidden_states": _randn(g, dtype, batch, n_audio, c.audio_in_channels),
+            "encoder_hidden_states": _randn(g, dtype, batch, n_text, c.text_dim),
+            "timestep": _timesteps(2, torch.float32, 1.0),
+            "timestep_indices": t_idx, "token_tags": tags, "position_ids": pos,
+            "video_indices": video, "audio_indices": audio, "text_indices": text}
+
+
+def _cogvideox_inputs(model, batch, dtype, seed):
+    # (B, frames, C, H, W) at the configured sample size; the prompt fills max_text_seq_length.
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    frames = (c.sample_frames - 1) // c.temporal_compression_ratio + 1
+    pt = c.get("patch_size_t") or 1
+    frames = -(-frames // pt) * pt
+    out = {"hidden_states": _randn(g, dtype, batch, frames, c.in_channels, c.sample_height, c.sample_width),
+           "encoder_hidden_states": _randn(g, dtype, batch, c.max_text_seq_length, c.text_embed_dim),
+           "timestep": torch.tensor([999, 500, 250, 20][:batch])}
+    if c.get("ofs_embed_dim"):
+        out["ofs"] = torch.tensor([2.0, 3.0, 2.5, 1.0][:batch]).to(dtype)
+    return out
+
+
+def _hidream_inputs(model, batch, dtype, seed):
+    # T5 tokens, the Llama-3 hidden states of every layer up to the last one `llama_layers` reads
+    # (layer-major), and the pooled CLIP embedding.
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    t5_dim, llama_dim = c.caption_channels
+    layers = max(c.llama_layers) + 1
+    return {"hidden_states": _randn(g, dtype, batch, c.in_channels, 4 * c.patch_size, 4 * c.patch_size),
+            "timesteps": _timesteps(batch, dtype),
+            "encoder_hidden_states_t5": _randn(g, dtype, batch, 5, t5_dim),
+            "encoder_hidden_states_llama3": _randn(g, dtype, layers, batch, 4, llama_dim),
+            "pooled_embeds": _randn(g, dtype, batch, c.text_emb_dim)}
+
+
+def _cogview4_inputs(model, batch, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    sizes = torch.tensor([[64.0, 64.0], [64.0, 96.0], [32.0, 64.0], [64.0, 32.0]][:batch])
+    return {"hidden_states": _randn(g, dtype, batch, c.in_channels, 4 * c.patch_size, 4 * c.patch_size),
+            "encoder_hidden_states": _randn(g, dtype, batch, 5, c.text_embed_dim),
+            "timestep": _timesteps(batch, dtype),
+            "original_size": sizes.to(dtype), "target_size": sizes.flip(-1).to(dtype),
+            "crop_coords": torch.zeros(batch, 2, dtype=dtype)}
+
+
+def _hunyuan_dit_inputs(model, batch, dtype, seed):
+    # CLIP and T5 prompts with masks, image-meta sizes, style, and the 2D rotary table the
+    # pipeline computes (diffusers `get_2d_rotary_pos_embed`).
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed
+
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    grid = c.sample_size // c.patch_size
+    head_dim = c.hidden_size // c.num_attention_heads
+    return {"hidden_states": _randn(g, dtype, batch, c.in_channels, c.sample_size, c.sample_size),
+            "timestep": _timesteps(batch, dtype),
+            "encoder_hidden_states": _randn(g, dtype, batch, c.text_len, c.cross_attention_dim),
+            "text_embedding_mask": torch.ones(batch, c.text_len, dtype=torch.long),
+            "encoder_hidden_states_t5": _randn(g, dtype, batch, c.text_len_t5, c.cross_attention_dim_t5),
+            "text_embedding_mask_t5": torch.ones(batch, c.text_len_t5, dtype=torch.long),
+            "image_meta_size": torch.tensor([[64, 64, 64, 64, 0, 0], [64, 96, 64, 96, 0, 0]] * 2)[:batch].to(dtype),
+            "style": torch.zeros(batch, dtype=torch.long),
+            "image_rotary_emb": get_2d_rotary_pos_embed(head_dim, ((0, 0), (grid, grid)), (grid, grid),
+                                                        output_type="pt")}
+
+
+def _krea2_inputs(model, batch, dtype, seed):
+    # Packed 4x4 image tokens; the prompt as the text encoder's last `num_text_layers` hidden
+    # states per token; position ids (text at 0, image tokens at their grid cell).
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    cells = torch.arange(16)
+    ids = torch.zeros(5 + 16, 3)
+    ids[5:, 1], ids[5:, 2] = (cells // 4).float(), (cells % 4).float()
+    return {"hidden_states": _randn(g, dtype, batch, 16, c.in_channels),
+            "encoder_hidden_states": _randn(g, dtype, batch, 5, c.num_text_layers, c.text_hidden_dim),
+            "timestep": _timesteps(batch, dtype, 1.0),
+            "position_ids": ids}
+
+
+def _glm_image_inputs(model, batch, dtype, seed):
+    # CogView4's inputs without `original_size`, plus the AR stage's prior tokens (one per latent
+    # patch) and the per-row flag that drops them (CFG's unconditional row).
+    out = _cogview4_inputs(model, batch, dtype, seed)
+    del out["original_size"]
+    tokens = (out["hidden_states"].shape[-1] // model.config.patch_size) ** 2
+    g = torch.Generator().manual_seed(seed + 1)
+    out["prior_token_id"] = torch.randint(0, model.config.prior_vq_quantizer_codebook_size, (batch, tokens), generator=g)
+    out["prior_token_drop"] = torch.tensor([False, True, False, True][:batch])
+    return out
+
+
+def _bria_fibo_inputs(model, batch, dtype, seed):
+    # FLUX-style packed inputs, plus one text-encoder hidden state per block (dual, then single).
+    out = synth_inputs(model, batch, dtype, seed)
+    c = model.config
+    g = torch.Generator().manual_seed(seed + 1)
+    out["text_encoder_layers"] = [_randn(g, dtype, batch, 5, c.text_encoder_dim)
+                                  for _ in range(c.num_layers + c.num_single_layers)]
+    if c.guidance_embeds:
+        out["guidance"] = torch.tensor([3.0, 5.0, 4.0, 6.0][:batch]).to(dtype)
+    return out
+
+
+def _ernie_image_inputs(model, batch, dtype, seed):
+    # Prompt tokens (B, T, text_in_dim) with per-row valid lengths.
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    return {"hidden_states": _randn(g, dtype, batch, c.in_channels, 4 * c.patch_size, 4 * c.patch_size),
+            "timestep": _timesteps(batch, dtype),
+            "text_bth": _randn(g, dtype, batch, 5, c.text_in_dim),
+            "text_lens": torch.tensor([5, 3, 4, 2][:batch])}
+
+
+def _nucleus_inputs(model, batch, dtype, seed):
+    # Qwen-Image's packed inputs; `img_shapes` is one grid list shared by the batch.
+    out = _qwen_image_inputs(model, batch, dtype, seed)
+    out["img_shapes"] = out["img_shapes"][0]
+    return out
+
+
+def _omnigen_inputs(model, batch, dtype, seed):
+    # Text-to-image: 5 prompt token ids, the time token, 16 latent tokens, a full attention mask.
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    text, image = 5, 16
+    seq = text + 1 + image
+    return {"hidden_states": _randn(g, dtype, batch, c.in_channels, 4 * c.patch_size, 4 * c.patch_size),
+            "timestep": _timesteps(batch, dtype, 1.0),
+            "input_ids": torch.randint(1, c.vocab_size, (batch, text), generator=g),
+            "input_img_latents": [], "input_image_sizes": {},
+            "attention_mask": torch.ones(batch, seq, seq, dtype=dtype),
+            "position_ids": torch.arange(seq).repeat(batch, 1)}
+
+
+def _qwen_image21_inputs(model, batch, dtype, seed):
+    # Packed 4x4 latent tokens; `img_mask` marks the 4 image slots (2x2 tokens each) after the text.
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    text = 5
+    img_mask = torch.zeros(batch, text + 4, dtype=torch.bool)
+    img_mask[:, text:] = True
+    return {"hidden_states": _randn(g, dtype, batch, 16, c.in_channels),
+            "encoder_hidden_states": _randn(g, dtype, batch, text, c.context_in_dim),
+            "timestep": _timesteps(batch, dtype, 1.0),
+            "img_shapes": [[(1, 4, 4)]] * batch,
+            "img_mask": img_mask}
+
+
 #: class name → :class:`TinySpec`. Add an entry when a class needs more than the generic rules.
 SPECS: dict[str, TinySpec] = {
     "DiTTransformer2DModel": TinySpec({"sample_size": 8, "out_channels": None}, _dit_inputs),
@@ -417,4 +680,60 @@ SPECS: dict[str, TinySpec] = {
     "QwenImageTransformer2DModel": TinySpec({"in_channels": 8, "out_channels": 4}, _qwen_image_inputs),
     # Z-Image: 2 refiner layers of each kind, axis lengths cut to the tiny grid.
     "ZImageTransformer2DModel": TinySpec({"axes_lens": [64, 32, 32]}, _z_image_inputs),
+    # ----- video
+    "WanVACETransformer3DModel": TinySpec({"vace_in_channels": 8}, _wan_vace_inputs),
+    "HunyuanVideo15Transformer3DModel": TinySpec({"in_channels": 8, "out_channels": 4}, _hunyuan_video15_inputs),
+    # FramePack's forward always projects `image_embeds`: the released model has the projection.
+    "HunyuanVideoFramepackTransformer3DModel": TinySpec(
+        {"image_proj_dim": 16}, _hunyuan_video_framepack_inputs,
+        defaults={"has_image_proj": True, "has_clean_x_embedder": True}),
+    "LTXVideoTransformer3DModel": TinySpec({"in_channels": 8, "out_channels": 8}, _ltx_inputs),
+    "LTX2VideoTransformer3DModel": TinySpec({"in_channels": 8, "out_channels": 8, "audio_in_channels": 8,
+                                             "audio_out_channels": 8}, _ltx2_inputs),
+    "MiniMaxH3Transformer3DModel": TinySpec({"in_channels": 4, "audio_in_channels": 6, "rope_freq_dim": 2},
+                                            _minimax_h3_inputs),
+    "CogVideoXTransformer3DModel": TinySpec({"in_channels": 4, "out_channels": 4}, _cogvideox_inputs),
+    "ConsisIDTransformer3DModel": TinySpec({"in_channels": 4, "out_channels": 4}, _cogvideox_inputs),
+    # The class defaults leave channels and patch size unset (None); EasyAnimate V5.1's values.
+    "EasyAnimateTransformer3DModel": TinySpec(
+        {}, None, defaults={"in_channels": 16, "out_channels": 16, "patch_size": 2}),
+    # Latte-1's config: the class defaults (layer norm, no channels) build no working model.
+    "LatteTransformer3DModel": TinySpec(
+        {"video_length": 2}, None,
+        defaults={"num_layers": 28, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8, "patch_size": 2,
+                  "norm_type": "ada_norm_single",
+                  "num_embeds_ada_norm": 1000, "caption_channels": 4096, "cross_attention_dim": 1152,
+                  "activation_fn": "gelu-approximate", "attention_bias": True,
+                  "norm_elementwise_affine": False, "norm_eps": 1e-6}),
+    # ----- image
+    # HiDream-I1's layout (the class defaults leave patch size and channels unset); every block
+    # (2 dual + 2 single) reads one Llama layer.
+    "HiDreamImageTransformer2DModel": TinySpec(
+        {"caption_channels": [16, 8], "llama_layers": [0, 1, 2, 3]}, _hidream_inputs,
+        defaults={"patch_size": 2, "in_channels": 16, "out_channels": 16, "axes_dims_rope": (64, 32, 32),
+                  "caption_channels": [4096, 4096], "llama_layers": list(range(48))}),
+    "CogView4Transformer2DModel": TinySpec({}, _cogview4_inputs, unreduced=("rope_axes_dim",)),
+    # Hunyuan-DiT v1.x's layout; 4 tiny layers: the second half of the stack takes long skips
+    # from the first.
+    "HunyuanDiT2DModel": TinySpec(
+        {"num_layers": 4, "cross_attention_dim_t5": 16, "text_len": 4, "text_len_t5": 6}, _hunyuan_dit_inputs,
+        defaults={"in_channels": 4, "patch_size": 2, "hidden_size": 1408, "num_layers": 40, "sample_size": 128}),
+    "Krea2Transformer2DModel": TinySpec({"in_channels": 8}, _krea2_inputs),
+    "BriaFiboTransformer2DModel": TinySpec({"in_channels": 8}, _bria_fibo_inputs),
+    "CogView3PlusTransformer2DModel": TinySpec({}, _cogview4_inputs),
+    "GlmImageTransformer2DModel": TinySpec({"prior_vq_quantizer_codebook_size": 32}, _glm_image_inputs),
+    "ErnieImageTransformer2DModel": TinySpec({"in_channels": 8, "out_channels": 8}, _ernie_image_inputs),
+    # 5 layers: the default dense strategy keeps blocks 0-2 and the last dense, so block 3 routes;
+    # expert-choice capacity (factor x tokens / experts) must not exceed the tiny sequence.
+    "NucleusMoEImageTransformer2DModel": TinySpec(
+        {"in_channels": 8, "num_layers": 5, "num_experts": 4, "capacity_factors": 1.0}, _nucleus_inputs),
+    # Phi-3 long-rope factors: one per rotary frequency of the tiny head (16 / 2). The defaults only
+    # size the lists for the default head (3072 / 32 / 2); their values (1.0: no scaling) are
+    # placeholders, not the released checkpoint's factors.
+    "OmniGenTransformer2DModel": TinySpec(
+        {"vocab_size": 64, "pad_token_id": 0,
+         "rope_scaling": {"long_factor": [1.0 + 0.25 * i for i in range(8)], "short_factor": [1.0] * 8}},
+        _omnigen_inputs,
+        defaults={"rope_scaling": {"long_factor": [1.0] * 48, "short_factor": [1.0] * 48}}),
+    "QwenImage21Transformer2DModel": TinySpec({"in_channels": 8, "out_channels": 8}, _qwen_image21_inputs),
 }

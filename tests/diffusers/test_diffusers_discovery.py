@@ -128,6 +128,21 @@ def test_reduced_config_keeps_switches_and_shrinks_sizes():
         tiny_case(AceStepTransformer1DModel)
 
 
+def test_tiny_spec_defaults_fill_unbuildable_class_defaults_and_a_config_wins():
+    from diffusers import CogView4Transformer2DModel, EasyAnimateTransformer3DModel
+    from fusion_diffusers.tiny import tiny_model
+
+    # EasyAnimate's __init__ defaults leave in_channels/patch_size None: the spec's defaults fill them...
+    assert reduced_config(EasyAnimateTransformer3DModel)["in_channels"] is None
+    assert tiny_model(EasyAnimateTransformer3DModel).config.in_channels == 16
+    # ...but a model's own config wins over them.
+    assert tiny_model(EasyAnimateTransformer3DModel, {"in_channels": 12}).config.in_channels == 12
+    # CogView4's rope_axes_dim is a position-table size: the generic rules would shrink it.
+    assert tuple(reduced_config(CogView4Transformer2DModel)["rope_axes_dim"]) != (256, 256)
+    assert tuple(tiny_model(CogView4Transformer2DModel).config.rope_axes_dim) == (256, 256)
+    assert tuple(tiny_model(CogView4Transformer2DModel, {"rope_axes_dim": (64, 32)}).config.rope_axes_dim) == (64, 32)
+
+
 # ---------------------------------------------------------------------------------------------
 # diffusers versions
 

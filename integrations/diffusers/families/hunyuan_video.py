@@ -3,10 +3,14 @@ single-stream blocks. ``time_text_embed(t, pooled, guidance)`` sums the shared c
 ``c = timestep_embedder(t) + guidance_embedder(guidance) + text_embedder(pooled)`` (the three
 embedders are the sites; the sum is recomputed each call); dual blocks ``norm1.linear`` +
 ``norm1_context.linear`` (6·D each), single blocks ``norm.linear`` (3·D), ``norm_out.linear``
-(2·D). Keyed on the timestep, ``pooled_projections`` and ``guidance``.
+(2·D). The text-token refiner (``context_embedder``) embeds the timestep with its own MLP,
+``context_embedder.time_text_embed.timestep_embedder`` (a site, cast to the prompt tokens'
+dtype first). Keyed on the timestep, ``pooled_projections``, ``guidance`` and the dtype of
+``encoder_hidden_states``.
 
-Not sites (they run every call, exactly as without the cache): the text-token refiner
-(``context_embedder``), whose own adaLN gates depend on the mean of the prompt tokens.
+Not sites (they run every call, exactly as without the cache): the rest of the refiner — its
+conditioning adds ``text_embedder(mean of the prompt tokens)`` to that timestep embedding, so its
+adaLN gates depend on the prompt.
 
 Refused: ``image_condition_type="token_replace"`` (HunyuanVideo-I2V). Its blocks call the same
 ``norm1.linear`` twice per forward (for the timestep embedding and for a t = 0
@@ -22,6 +26,7 @@ from typing import Any
 from torch import nn
 
 from diffusers import HunyuanVideoTransformer3DModel
+from diffusers.models.embeddings import CombinedTimestepTextProjEmbeddings
 from diffusers.models.normalization import (
     AdaLayerNormContinuous,
     AdaLayerNormZero,
@@ -30,20 +35,25 @@ from diffusers.models.normalization import (
 from diffusers.models.transformers.transformer_hunyuan_video import (
     HunyuanVideoConditionEmbedding,
     HunyuanVideoSingleTransformerBlock,
+    HunyuanVideoTokenRefiner,
     HunyuanVideoTransformerBlock,
 )
 
 from .base import CallConditioning, Family
-from .patterns import continuous_linear, zero_linear
+from .patterns import continuous_linear, refiner_timestep_embedding, zero_linear
 
 __all__ = ["FAMILY"]
+
+
+#: The token refiner's timestep MLP (the refiner itself reads the prompt tokens).
+REFINER_SITE = "context_embedder.time_text_embed.timestep_embedder"
 
 
 def model_sites_of(model: nn.Module) -> tuple[str, ...]:
     embedders = ("time_text_embed.timestep_embedder", "time_text_embed.text_embedder")
     if model.time_text_embed.guidance_embedder is not None:
         embedders += ("time_text_embed.guidance_embedder",)
-    return (*embedders, "norm_out.linear")
+    return (*embedders, REFINER_SITE, "norm_out.linear")
 
 
 def block_sites(block: nn.Module) -> tuple[str, ...]:
@@ -60,6 +70,10 @@ def check_hunyuan_video(model: nn.Module) -> str | None:
         )
     if type(model.time_text_embed) is not HunyuanVideoConditionEmbedding:
         return f"time_text_embed is a {type(model.time_text_embed).__name__}, expected HunyuanVideoConditionEmbedding"
+    if type(model.context_embedder) is not HunyuanVideoTokenRefiner or type(
+        model.context_embedder.time_text_embed
+    ) is not CombinedTimestepTextProjEmbeddings:
+        return "context_embedder is not a HunyuanVideoTokenRefiner with CombinedTimestepTextProjEmbeddings"
     for i, blk in enumerate(model.transformer_blocks):
         if type(blk) is not HunyuanVideoTransformerBlock:
             return f"transformer_blocks.{i} is a {type(blk).__name__}, expected HunyuanVideoTransformerBlock"
@@ -98,6 +112,9 @@ def compute_hunyuan_video(model: nn.Module, cond: CallConditioning) -> dict[str,
     for i, blk in enumerate(model.single_transformer_blocks):
         out[f"single_transformer_blocks.{i}.norm.linear"] = zero_linear(blk.norm, temb)
     out["norm_out.linear"] = continuous_linear(model.norm_out, temb, cond.hidden_dtype)
+    # `context_embedder(encoder_hidden_states, timestep, mask)`, after time_text_embed in forward.
+    out[REFINER_SITE] = refiner_timestep_embedding(
+        model.context_embedder, cond.timestep, cond.values["encoder_hidden_states_dtype"])
     return out
 
 
@@ -110,12 +127,14 @@ FAMILY = Family(
     name="hunyuan_video",
     model_class=HunyuanVideoTransformer3DModel,
     block_lists=("transformer_blocks", "single_transformer_blocks"),
-    model_sites=("time_text_embed.timestep_embedder", "time_text_embed.text_embedder", "norm_out.linear"),
+    model_sites=("time_text_embed.timestep_embedder", "time_text_embed.text_embedder", REFINER_SITE,
+                 "norm_out.linear"),
     block_sites=block_sites,
     conditioning=("pooled_projections", "guidance"),
     lora_scale_kwarg="attention_kwargs",
     compute=compute_hunyuan_video,
     check=check_hunyuan_video,
     adjust_values=adjust_values,
+    dtype_args=("encoder_hidden_states",),
     model_sites_of=model_sites_of,
 )

@@ -8,6 +8,9 @@
 * A shared time projection plus per-block learned tables (Wan, Wan-VACE, SkyReels-V2): the
   condition embedder's ``time_embedder`` and ``time_proj`` are the sites; every block adds its own
   ``scale_shift_table`` to the shared projection inside its forward (cheap, not cached).
+* The HunyuanVideo text-token refiners (``HunyuanVideoTokenRefiner``,
+  ``HunyuanVideo15TokenRefiner``): only the timestep MLP of their ``time_text_embed`` is a site;
+  the rest of their conditioning reads the mean of the prompt tokens.
 * Shared modulation modules called once per forward and handed to every block (FLUX.2) are
   model-level sites; per-block ``nn.Sequential(SiLU, Linear)`` modulations (Qwen-Image
   ``img_mod``/``txt_mod``, HiDream/Z-Image ``adaLN_modulation``) are sites as a whole.
@@ -38,6 +41,7 @@ __all__ = [
     "dtype_stand_in",
     "module_reason",
     "no_block_sites",
+    "refiner_timestep_embedding",
     "shared_time_projection",
     "zero_linear",
 ]
@@ -81,6 +85,20 @@ def shared_time_projection(
     # `type_as(encoder_hidden_states)` is `.to(encoder_hidden_states.dtype)` on the same device.
     temb = raw.to(text_dtype)
     return {"time_embedder": raw, "time_proj": embedder.time_proj(embedder.act_fn(temb))}
+
+
+def refiner_timestep_embedding(refiner: nn.Module, timestep: Tensor, text_dtype: torch.dtype) -> Tensor:
+    """Output of a HunyuanVideo token refiner's ``time_text_embed.timestep_embedder``.
+
+    Mirrors ``HunyuanVideoTokenRefiner.forward`` / ``HunyuanVideo15TokenRefiner.forward`` calling
+    ``CombinedTimestepTextProjEmbeddings.forward(timestep, pooled)`` (diffusers
+    ``models/embeddings.py``): ``timestep_embedder(time_proj(t).to(pooled.dtype))``, where ``pooled``
+    is the (masked) mean of the prompt tokens cast back to their dtype, so the embedding depends
+    on the timestep and on ``encoder_hidden_states.dtype`` only. Its sum with
+    ``text_embedder(pooled)`` and the refiner blocks' adaLN read the prompt tokens: not sites.
+    """
+    emb = refiner.time_text_embed
+    return emb.timestep_embedder(emb.time_proj(timestep).to(dtype=text_dtype))
 
 
 def dtype_stand_in(dtype: torch.dtype, device: torch.device) -> Tensor:
