@@ -386,9 +386,13 @@ def main() -> None:
                            dtype=torch.float32))
     for fname in families if not args.gpu_xl else []:
         family = by_name[fname]
-        (builders, batch, desc, cfg) = family_spec(family)
         name = f"family:{fname}"
-        total, share = family_params(family, cfg)
+        try:
+            (builders, batch, desc, cfg) = family_spec(family)
+            total, share = family_params(family, cfg)
+        except (TinyInstanceError, RuntimeError, TypeError, ValueError) as exc:  # not buildable here
+            record(_skipped(name, family.model_class.__name__, device, f"{type(exc).__name__}: {str(exc)[:120]}"))
+            continue
         if total > args.max_params:
             record(_skipped(name, desc, device, f"{total / 1e9:.2f} B parameters at 2 layers exceed --max-params"))
             continue

@@ -186,6 +186,9 @@ def depth_config(cls: type, config: dict | None = None, *, layers: int = 2, grid
         (2, 64, 18, 32)
     """
     cfg = _class_defaults(cls)
+    spec = SPECS.get(cls.__name__)
+    if spec is not None:  # released values where the class's own defaults build no model
+        cfg.update({k: v for k, v in spec.defaults.items() if k in cfg})
     if config is not None:
         cfg.update({k: v for k, v in dict(config).items() if not k.startswith("_") and k in cfg})
     for k, v in list(cfg.items()):
