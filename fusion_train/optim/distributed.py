@@ -33,9 +33,16 @@ placement ``(Shard(0),)``, as ``torch.distributed.fsdp.fully_shard`` leaves them
 Global scalars are reduced exactly once per step, by one ``all_reduce`` of a small vector: the
 non-finite flag (summed: any rank's non-finite gradient or loss skips the step on every rank), the
 loss passed to ``step(loss=…)`` (averaged over the group, so the Polyak step sees the global-batch
-loss) and, when sharded, the Polyak gradient L1 norm and the inner product ``⟨g, z − y⟩`` (partial
-sums over the local shards). Every rank therefore takes the same decision. No host synchronisation
-is added (with ``nonfinite="raise"`` the reduced flag is read on the host, on every rank).
+loss) and, when sharded with Polyak, the partial sums over the local shards of the normaliser's
+``⟨g, U_g⟩`` (one per param group; ``D_t = Σ_g η_g·⟨g, U_g⟩``, polyak.py) and of ``⟨g, z − y⟩``.
+Since ``D_t`` needs the directions, the sharded all-reduce comes last: the step is computed
+speculatively under the rank's own finiteness flag into new state tensors, and the global flag
+then keeps ``torch.where(finite, new, old)`` (bit-identical to the single process's gated update).
+The FSDP2 step reuses the optimizer's per-parameter functions (``momentum_direction_``,
+``scalar_direction_``, ``apply_update_``, ``_orthogonalize_buckets``, ``_finish_spectral``) on the
+local rows and on the owners' whole matrices. Every rank therefore takes the same decision. No host
+synchronisation is added (with ``nonfinite="raise"`` the reduced flag is read on the host, on every
+rank, before any state changes).
 
 Checkpoints: all state entries exist on every rank from construction (as microsoft/dion does), so
 ``torch.distributed.checkpoint`` sees the same keys everywhere and ``get_optimizer_state_dict`` does
