@@ -33,9 +33,16 @@ placement ``(Shard(0),)``, as ``torch.distributed.fsdp.fully_shard`` leaves them
 Global scalars are reduced exactly once per step, by one ``all_reduce`` of a small vector: the
 non-finite flag (summed: any rank's non-finite gradient or loss skips the step on every rank), the
 loss passed to ``step(loss=…)`` (averaged over the group, so the Polyak step sees the global-batch
-loss) and, when sharded, the Polyak gradient L1 norm and the inner product ``⟨g, z − y⟩`` (partial
-sums over the local shards). Every rank therefore takes the same decision. No host synchronisation
-is added (with ``nonfinite="raise"`` the reduced flag is read on the host, on every rank).
+loss) and, when sharded with Polyak, the partial sums over the local shards of the normaliser's
+``⟨g, U_g⟩`` (one per param group; ``D_t = Σ_g η_g·⟨g, U_g⟩``, polyak.py) and of ``⟨g, z − y⟩``.
+Since ``D_t`` needs the directions, the sharded all-reduce comes last: the step is computed
+speculatively under the rank's own finiteness flag into new state tensors, and the global flag
+then keeps ``torch.where(finite, new, old)`` (bit-identical to the single process's gated update).
+The FSDP2 step reuses the optimizer's per-parameter functions (``momentum_direction_``,
+``scalar_direction_``, ``apply_update_``, ``_orthogonalize_buckets``, ``_finish_spectral``) on the
+local rows and on the owners' whole matrices. Every rank therefore takes the same decision. No host
+synchronisation is added (with ``nonfinite="raise"`` the reduced flag is read on the host, on every
+rank, before any state changes).
 
 Checkpoints: all state entries exist on every rank from construction (as microsoft/dion does), so
 ``torch.distributed.checkpoint`` sees the same keys everywhere and ``get_optimizer_state_dict`` does
@@ -63,9 +70,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
+from .hot_dtype import auto_hot_dtype, set_auto_hot_dtype
 from .kl_shampoo import KLShampooState, kl_shampoo_init_state, kl_shampoo_refresh_due
-from .normuon import normuon_rows
-from .schedule_free import sf_update_
 
 if TYPE_CHECKING:  # pragma: no cover
     from .optimizer import FusionOpt
@@ -142,6 +148,7 @@ class DistributedFusion:
         self._params = [p for g in opt.param_groups for p in g["params"]]
         self._specs: dict[int, _Spec] = {}
         self._owned_kl: dict[int, KLShampooState] | None = {}
+        self._agree_hot_dtype(opt)
         self._assign_owners(opt)
         self._prepopulate(opt)
         if mode == "replicated":
@@ -152,6 +159,19 @@ class DistributedFusion:
         return self.mode == "sharded"
 
     # ------------------------------------------------------------------ construction
+    def _agree_hot_dtype(self, opt: FusionOpt) -> None:
+        """``hot_dtype="auto"`` on a CPU is a timing measurement, which ranks may decide
+        differently; every rank takes rank 0's decision (one broadcast at construction), so the
+        owners' Newton–Schulz and the single-process reference agree bit for bit."""
+        if not any(g["hot_dtype"] == "auto" for g in [opt.defaults, *opt.param_groups]):
+            return
+        device = _local(self._params[0]).device if self._params else torch.device("cpu")
+        if device.type != "cpu":
+            return  # CUDA's rule is deterministic (bf16 support), the same on every rank
+        vote = torch.tensor([float(auto_hot_dtype(device) == "bf16")])
+        dist.broadcast(vote, src=dist.get_global_rank(self.group, 0) if self.group is not None else 0, group=self.group)
+        set_auto_hot_dtype(device, "bf16" if float(vote) else "fp32")
+
     def _assign_owners(self, opt: FusionOpt) -> None:
         """Fixed owners: round-robin within each same-shape batch, the count running on across
         batches (so 3 batches of 1 matrix on 2 ranks go to ranks 0, 1, 0)."""
@@ -189,7 +209,12 @@ class DistributedFusion:
             for p in group["params"]:
                 state = opt.state[p]
                 dt = _state_dtype(p)
-                if opt.sf:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=_local(p).device)
+                if opt.sf and p.dtype in (torch.float16, torch.bfloat16):
+                    # as FusionOpt._init_sf_state: z and x in fp32, the parameter holds y rounded
+                    state["z"] = p.detach().to(torch.float32)
+                    state["x"] = state["z"].clone()
+                elif opt.sf:
                     state["z"] = p.detach().clone()
                 if group["group_type"] == "scalar":
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=dt)
@@ -313,64 +338,101 @@ class DistributedFusion:
                 self._owned_kl[index] = KLShampooState(*fields)
 
     # ------------------------------------------------------------------ the sharded step
-    def step(self, opt: FusionOpt, loss: Any) -> Any:
-        """One FusionOpt step on FSDP2-sharded parameters (see the module docstring)."""
+    def step(self, opt: FusionOpt, items: list, loss: Any, use_polyak: bool) -> Any:
+        """One FusionOpt step on FSDP2-sharded parameters (see the module docstring).
+
+        ``items`` are ``FusionOpt._collect()``'s (group, parameter, name). The step is computed
+        speculatively under this rank's own finiteness flag, into new tensors; the step's one
+        all-reduce (non-finite count, loss, Polyak partial sums) comes last, and its global flag
+        decides which of the old and new state values are kept (``torch.where``: exact either way).
+        """
+        from .optimizer import apply_update_, scalar_direction_  # optimizer imports us
+
         if [p for g in opt.param_groups for p in g["params"]] != self._params:
             raise RuntimeError("parameter groups changed after construction; a distributed FusionOpt "
                                "needs all parameters at construction (add_param_group is not supported)")
         if self._owned_kl is None:
             self._gather_owned_kl(opt)
-        items = []
-        index = 0
-        for group in opt.param_groups:
-            names = group.get("param_names") or [f"group{len(items)}#{i}" for i in range(len(group["params"]))]
-            for name, p in zip(names, group["params"]):
-                if p.grad is not None:
-                    if p.grad.is_sparse:
-                        raise RuntimeError(f"FusionOpt does not support sparse gradients ({name})")
-                    items.append((group, p, name, index))
-                index += 1
         if not items:
             return loss
-        grads = [_local(p.grad) for _, p, _, _ in items]
-        polyak = opt._polyak.mode != "off"
-        extra = []
-        if polyak:
-            # partial sums over the local shards; the all-reduce completes them
-            extra.append(sum((g.float().abs().sum() for g in grads), torch.zeros((), device=grads[0].device)))
-            extra.append(sum(
-                (torch.dot(g.flatten().float(), (_local(opt.state[p]["z"]) - _local(p)).flatten().float())
-                 for (_, p, _, _), g in zip(items, grads)),
-                torch.zeros((), device=grads[0].device),
-            ))
-        finite, mean_loss, sums = self.reduce_global_scalars(opt, grads, loss, [n for _, _, n, _ in items], extra)
+        index_of = {id(p): i for i, p in enumerate(self._params)}
+        raw = [_local(p.grad) for _, p, _ in items]
+        device = raw[0].device
+        nonempty = [g for g in raw if g.numel()]
+        local_ok = torch.ones((), dtype=torch.bool, device=device)
+        if nonempty:
+            local_ok = torch.isfinite(torch.stack([m.float() for m in torch._foreach_norm(nonempty, float("inf"))])).all()
+        if loss is not None:
+            local_ok = local_ok & torch.isfinite(torch.as_tensor(loss).detach().float().to(device)).all()
+        lgate = local_ok.to(torch.float32)
+        grads = [torch.where(local_ok, g, torch.zeros((), dtype=g.dtype, device=g.device)) for g in raw]
+        commits: list[tuple[torch.Tensor, torch.Tensor]] = []  # (state tensor, its new value)
+        kl_commits: list[tuple[int, KLShampooState]] = []
+
+        spectral = [(grp, p, g, index_of[id(p)]) for (grp, p, _), g in zip(items, grads) if grp["group_type"] == "spectral"]
+        updates = self._sharded_spectral(opt, spectral, lgate, commits, kl_commits)
+        for (group, p, _), g in zip(items, grads):
+            if group["group_type"] != "scalar":
+                continue
+            state = opt.state[p]
+            spec = {"exp_avg_sq": _local(state["exp_avg_sq"]).clone(), "step": state["step"] + lgate}
+            commits.append((_local(state["exp_avg_sq"]), spec["exp_avg_sq"]))
+            if not opt.sf:
+                spec["exp_avg"] = _local(state["exp_avg"]).clone()
+                commits.append((_local(state["exp_avg"]), spec["exp_avg"]))
+            updates.append((group, p, scalar_direction_(group, spec, g, lgate, opt.sf)))
+
+        extra: list[torch.Tensor] = []
+        if use_polyak:
+            # partial sums over the local shards, completed by the all-reduce: ⟨g, U⟩ per group
+            # (D_t = Σ_g η_g·⟨g, U_g⟩ once the clock has advanced) and I_t = ⟨g, z − y⟩
+            gpos = {id(g): i for i, g in enumerate(opt.param_groups)}
+            grad_of = {id(p): g for (_, p, _), g in zip(items, grads)}
+            per_group = [torch.zeros((), device=device) for _ in opt.param_groups]
+            for group, p, U in updates:
+                per_group[gpos[id(group)]] = per_group[gpos[id(group)]] + torch.vdot(
+                    grad_of[id(p)].flatten().float(), U.flatten().float())
+            inner = torch.zeros((), device=device)
+            for (_, p, _), g in zip(items, grads):
+                z = _local(opt.state[p]["z"])
+                inner = inner + torch.vdot(g.flatten().float(), (z - _local(p)).flatten().float())
+            extra = per_group + [inner]
+        finite, mean_loss, sums = self.reduce_global_scalars(opt, raw, loss, [n for *_, n in items], extra)
+
+        # --- commit: the global flag picks new or old values (bit-identical to a gated update)
         gate = finite.to(torch.float32)
         opt._nonfinite_steps += 1.0 - gate
-        grads = [torch.where(finite, g, torch.zeros((), dtype=g.dtype, device=g.device)) for g in grads]
-        sched = {id(g): opt._schedule(g) for g in opt.param_groups}
-
-        multiplier: torch.Tensor | float = 1.0
-        pl = opt._polyak
-        if not polyak:
-            if mean_loss is not None:  # telemetry's loss EMA, as in the single-process step
-                w = (1.0 - pl.beta_p) * gate
-                pl.loss_ema.lerp_(torch.where(gate > 0, mean_loss, pl.loss_ema), w)
-                pl.loss_w.lerp_(torch.ones_like(pl.loss_w), w)
+        for dst, new in commits:
+            dst.copy_(torch.where(finite, new, dst))
+        for index, new in kl_commits:
+            old = self._owned_kl[index]  # type: ignore[index]
+            self._owned_kl[index] = KLShampooState(*(  # type: ignore[index]
+                n if n is None or o is None else torch.where(finite, n, o) for n, o in zip(new, old)))
+        sched = {id(g): opt._schedule(g, gate) for g in opt.param_groups}
+        for group, p, _ in items:
+            state = opt.state[p]
+            state["step"] += gate
+            if state.get("kl_seed_k", 0) < 0 and group["group_type"] == "spectral":
+                state["kl_seed_k"] = group["k"]  # the seed step (a skipped one too, as in one process)
+        if use_polyak:
+            decrease = sum((sched[id(g)][0] * s for g, s in zip(opt.param_groups, sums)), torch.zeros((), device=device))
+            multiplier: torch.Tensor | float = opt._polyak.update(mean_loss, decrease, sums[-1], gate)
         else:
-            grad_l1 = torch.where(gate > 0, sums[0], torch.zeros_like(sums[0]))
-            inner = torch.where(gate > 0, sums[1], torch.zeros_like(sums[1]))
-            lr_ref = sched[id(opt.param_groups[0])][0]
-            multiplier = pl.update(mean_loss, grad_l1, inner, max(lr_ref, 1e-30), gate)
-
-        spectral = [(grp, p, g, i) for (grp, p, _, i), g in zip(items, grads) if grp["group_type"] == "spectral"]
-        scalar = [(grp, p, g) for (grp, p, _, _), g in zip(items, grads) if grp["group_type"] == "scalar"]
-        updates = self._sharded_spectral(opt, spectral, gate) + _local_scalar_directions(opt, scalar, gate)
+            multiplier = 1.0
+            if mean_loss is not None:  # telemetry's loss EMA, as in the single-process step
+                opt._polyak.observe_loss(mean_loss, gate)
         for group, p, U in updates:
+            state = opt.state[p]
             lr_t, c = sched[id(group)]
-            _local_apply(opt, group, p, U, lr_t, c, multiplier, gate)
+            z, x = state.get("z"), state.get("x")
+            apply_update_(group, _local(p), None if z is None else _local(z), None if x is None else _local(x),
+                          U, lr_t, c, multiplier, gate, opt.sf)
         return loss
 
-    def _sharded_spectral(self, opt: FusionOpt, spectral, gate) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
+    def _sharded_spectral(self, opt: FusionOpt, spectral, gate, commits, kl_commits) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
+        """Spectral directions of the local rows; new state values go to ``commits``/``kl_commits``."""
+        from .optimizer import _kl_safe, momentum_direction_
+
         comps = opt.components
         use_mona, use_kl, use_ns = "mona" in comps, "shampoo" in comps, "ns5" in comps
         use_nm = "normuon" in comps and use_ns
@@ -389,19 +451,17 @@ class DistributedFusion:
             if use_mona:
                 g_tilde, accel, prev, seen = opt._mona_step(
                     g, _local(state["mona_accel"]), _local(state["mona_prev"]), state["mona_seen"], gate,
-                    alpha=opt.mona_alpha, beta=opt.mona_beta,
+                    alpha=group["mona_alpha"], beta=group["mona_beta"],
                 )
-                _local(state["mona_accel"]).copy_(accel)
-                _local(state["mona_prev"]).copy_(prev)
-                state["mona_seen"] = seen
+                commits += [(_local(state["mona_accel"]), accel), (_local(state["mona_prev"]), prev),
+                            (state["mona_seen"], seen)]
             seeding = use_kl and state["kl_seed_k"] < 0
             parts = []
             u = None
             if not seeding:
-                m = _local(state["momentum"])
-                g_tilde = g_tilde.to(m.dtype)
-                m.lerp_(g_tilde, (1.0 - group["momentum"]) * gate.to(m.dtype))
-                u = g_tilde.lerp(m, group["momentum"]) if group["nesterov"] else m
+                m_new = _local(state["momentum"]).clone()
+                u = momentum_direction_(group, m_new, g_tilde, gate)
+                commits.append((_local(state["momentum"]), m_new))
                 parts.append(u.reshape(-1))
             if use_kl:
                 parts.append(g.reshape(-1))
@@ -426,9 +486,10 @@ class DistributedFusion:
         received = self._all_to_all(flat_send, recv_sizes, wire, device)
         offsets = [0] * W
 
-        # --- owner: reassemble full matrices, KL-Shampoo, batched NS, NorMuon
+        # --- owner: reassemble full matrices, KL-Shampoo, batched NS, NorMuon (the optimizer's own
+        # functions on the whole matrices)
         owned = []  # (group, p, spec, direct or None, row_var_full or None)
-        buckets: dict[tuple[int, int], list[tuple[int, torch.Tensor, bool]]] = {}
+        buckets: dict[tuple, list[tuple[int, torch.Tensor, bool]]] = {}
         for group, p, spec, seeding, u_dtype, g_dtype in plan:
             if spec.owner != rank:
                 continue
@@ -449,16 +510,17 @@ class DistributedFusion:
             state = opt.state[p]
             if seeding:
                 cfg = opt._kl_config(p)
-                g_full = torch.cat(gs).to(g_dtype).reshape(spec.kshape)
-                self._owned_kl[spec.index] = opt._kl_seed(g_full, self._owned_kl[spec.index], cfg, gate)  # type: ignore[index]
+                g_full = _kl_safe(torch.cat(gs).to(g_dtype)).reshape(spec.kshape)
+                kl_commits.append((spec.index, opt._kl_seed(g_full, self._owned_kl[spec.index], cfg, gate)))  # type: ignore[index]
                 continue
             u_full = torch.cat(us).to(u_dtype)
             if use_kl:
                 cfg = opt._kl_config(p)
-                refresh = kl_shampoo_refresh_due(group["k"] - state["kl_seed_k"], cfg)
-                g_full = torch.cat(gs).to(g_dtype).reshape(spec.kshape)
+                # the clock advances after the all-reduce: this step is group["k"] + 1
+                refresh = kl_shampoo_refresh_due(group["k"] + 1 - state["kl_seed_k"], cfg)
+                g_full = _kl_safe(torch.cat(gs).to(g_dtype)).reshape(spec.kshape)
                 u_full, new = opt._kl_step(g_full, u_full.reshape(spec.kshape), self._owned_kl[spec.index], cfg, gate, refresh=refresh)  # type: ignore[index]
-                self._owned_kl[spec.index] = new  # type: ignore[index]
+                kl_commits.append((spec.index, new))
             row_var = torch.cat(vs) if use_nm else None
             if not use_ns:
                 owned.append((group, p, spec, u_full.reshape(spec.rows, spec.cols), None))
@@ -467,17 +529,11 @@ class DistributedFusion:
             mat = u_full.reshape(k, spec.rows // k, -1)
             a, b = mat.shape[-2:]
             tall = a > b
-            buckets.setdefault((min(a, b), max(a, b)), []).append((len(owned), mat.mT if tall else mat, tall))
+            key = (min(a, b), max(a, b), *opt._ns_key(group, device))
+            buckets.setdefault(key, []).append((len(owned), mat.mT if tall else mat, tall))
             owned.append((group, p, spec, None, row_var))
-        ortho: list[torch.Tensor | None] = [None] * len(owned)
-        for items in buckets.values():
-            X = torch.cat([x for _, x, _ in items])
-            O = opt._orthogonalize(X, steps=opt.ns_steps, coefficients=opt.ns_coefficients,
-                                   hot_dtype=opt.hot_dtype, softening=opt.softening)
-            self.ns_matrices += X.shape[0]
-            for (i, _, tall), o in zip(items, O.split([x.shape[0] for _, x, _ in items])):
-                ortho[i] = o.mT if tall else o
-        from .optimizer import lr_shape_scale  # the optimizer module imports this one lazily
+        ortho = opt._orthogonalize_buckets(buckets, len(owned))
+        self.ns_matrices += sum(x.shape[0] for items in buckets.values() for _, x, _ in items)
 
         back: list[list[torch.Tensor]] = [[] for _ in range(W)]
         for (group, _, spec, direct, row_var), o in zip(owned, ortho):
@@ -485,16 +541,11 @@ class DistributedFusion:
                 U = direct
             else:
                 k = group["ns_split"]
-                a, b = spec.rows // k, spec.cols
-                O = o.reshape(spec.rows, -1)
-                if use_nm:
-                    U = normuon_rows(O, row_var, beta2=group["normuon_beta2"], eps=group["normuon_eps"],
-                                     scale=opt.normuon_scale, gate=gate)
-                    if opt.normuon_scale == "preserve_norm":
-                        U = U * lr_shape_scale(a, b, opt.lr_scale)
-                else:
-                    U = O * lr_shape_scale(a, b, opt.lr_scale)
+                U = opt._finish_spectral(group, o.reshape(spec.rows, -1), (spec.rows // k, spec.cols), row_var, gate)
             U = U.reshape(spec.rows, spec.cols)
+            # the whole-matrix overflow check of the single-process step: a non-finite direction
+            # is dropped for the whole parameter, so every rank must see it as non-finite
+            U = torch.where(torch.isfinite(U).all(), U, torch.full_like(U, float("nan")))
             for s, (lo, hi) in enumerate(row_ranges(spec.rows, W)):
                 parts = [U[lo:hi].reshape(-1).to(wire)]
                 if use_nm and direct is None:
@@ -507,7 +558,7 @@ class DistributedFusion:
             if seeding:
                 continue
             lo, hi = row_ranges(spec.rows, W)[rank]
-            recv_back[spec.owner] += (hi - lo) * spec.cols + ((hi - lo) if use_nm and use_ns else 0)
+            recv_back[spec.owner] += (hi - lo) * spec.cols + ((hi - lo) if use_nm else 0)
         flat_back = [torch.cat(x) if x else torch.empty(0, dtype=wire, device=device) for x in back]
         returned = self._all_to_all(flat_back, recv_back, wire, device)
         offsets = [0] * W
@@ -515,15 +566,14 @@ class DistributedFusion:
         for group, p, spec, seeding, u_dtype, _ in plan:
             state = opt.state[p]
             if seeding:
-                state["kl_seed_k"] = group["k"]
                 continue
             lo, hi = row_ranges(spec.rows, W)[rank]
             n = (hi - lo) * spec.cols
             buf, o = returned[spec.owner], offsets[spec.owner]
             U = buf[o:o + n].to(torch.float32 if use_ns else u_dtype)  # the single-process dtypes
             o += n
-            if use_nm and use_ns:
-                _local(state["row_var"]).copy_(buf[o:o + hi - lo])
+            if use_nm:
+                commits.append((_local(state["row_var"]), buf[o:o + hi - lo].to(torch.float32)))
                 o += hi - lo
             offsets[spec.owner] = o
             out.append((group, p, U.reshape(_local(p).shape)))
@@ -551,46 +601,6 @@ class _SplitOrthogonalizer:
         ctx.bytes_communicated += mine.numel() * mine.element_size() * (W - 1)
         dist.all_gather(gathered, mine, group=ctx.group)
         return torch.cat(gathered)[:n]
-
-
-def _local_scalar_directions(opt: FusionOpt, scalar, gate) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
-    """The scalar group on local shards (same arithmetic as ``FusionOpt._scalar_directions``)."""
-    out = []
-    for group, p, g in scalar:
-        state = opt.state[p]
-        dt = _state_dtype(p)
-        beta1, beta2 = group["betas"]
-        k = group["k"]
-        g = g.to(dt)
-        v = _local(state["exp_avg_sq"])
-        v.lerp_(g.square(), (1.0 - beta2) * gate.to(dt))
-        denom = (v / (1.0 - beta2**k)).sqrt_().add_(group["eps"])
-        if opt.sf:
-            U = g / denom
-        else:
-            m = _local(state["exp_avg"])
-            m.lerp_(g, (1.0 - beta1) * gate.to(dt))
-            U = m / denom / (1.0 - beta1**k)
-        out.append((group, p, U))
-    return out
-
-
-def _local_apply(opt: FusionOpt, group, p, U, lr_t: float, c: float, multiplier, gate) -> None:
-    """``FusionOpt._apply`` on the local shard of ``p``."""
-    wd = group["weight_decay"]
-    step_lr = multiplier * lr_t if isinstance(multiplier, torch.Tensor) else lr_t
-    y = _local(p)
-    if opt.sf:
-        z = _local(opt.state[p]["z"])
-        delta = U * step_lr
-        if wd:
-            delta = delta + z * (lr_t * wd)
-        delta = (delta * gate).to(y.dtype)
-        sf_update_(y, z, delta, (gate * c).to(y.dtype), group["betas"][0])
-    else:
-        if wd:
-            y.mul_((1.0 - lr_t * wd * gate).to(y.dtype))
-        y.sub_((U * (step_lr * gate)).to(y.dtype))
 
 
 def attach_distributed(opt: FusionOpt, process_group: Any = None) -> DistributedFusion | None:

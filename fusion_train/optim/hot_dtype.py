@@ -40,6 +40,7 @@ __all__ = [
     "auto_hot_dtype",
     "auto_hot_dtype_measurement",
     "clear_auto_cache",
+    "set_auto_hot_dtype",
     "measure_cpu_bf16_speedup",
 ]
 
@@ -90,3 +91,11 @@ def clear_auto_cache() -> None:
     """Forget the cached decisions (tests; or after changing the thread count)."""
     _CACHE.clear()
     _MEASURED.clear()
+
+
+def set_auto_hot_dtype(device: torch.device | str, name: str) -> None:
+    """Fix what ``"auto"`` resolves to on ``device``'s type (``"bf16"`` or ``"fp32"``); distributed
+    FusionOpt uses it so that every rank takes rank 0's measurement."""
+    if name not in ("bf16", "fp32"):
+        raise ValueError(f"name must be 'bf16' or 'fp32', got {name!r}")
+    _CACHE[torch.device(device).type] = name

@@ -570,7 +570,7 @@ class FusionOpt(torch.optim.Optimizer):
             use_polyak = False
         items = self._collect()
         if self._dist is not None and self._dist.sharded:  # distributed seam (2/5): FSDP2 step
-            return self._dist.step(self, loss if use_polyak else None)
+            return self._dist.step(self, items, loss, use_polyak)
         if not items:
             return loss
         grads = [p.grad for _, p, _ in items]
@@ -700,11 +700,7 @@ class FusionOpt(torch.optim.Optimizer):
                 continue
             if "momentum" not in state:
                 state["momentum"] = torch.zeros_like(p, dtype=_state_dtype(p))
-            m = state["momentum"]
-            mu = group["momentum"]
-            g_tilde = g_tilde.to(m.dtype)
-            m.lerp_(g_tilde, (1.0 - mu) * gate.to(m.dtype))
-            u = g_tilde.lerp(m, mu) if group["nesterov"] else m
+            u = momentum_direction_(group, state["momentum"], g_tilde, gate)
             if use_kl:
                 cfg = self._kl_config(p)
                 refresh = kl_shampoo_refresh_due(group["k"] - state["kl_seed_k"], cfg)
@@ -720,7 +716,26 @@ class FusionOpt(torch.optim.Optimizer):
             key = (min(a, b), max(a, b), *self._ns_key(group, p.device))
             buckets.setdefault(key, []).append((len(prepared), mat.mT if tall else mat, tall))
             prepared.append((group, p, (a, b), None))
-        ortho: list[torch.Tensor | None] = [None] * len(prepared)
+        ortho = self._orthogonalize_buckets(buckets, len(prepared))
+        out = []
+        for (group, p, ab, direct), o in zip(prepared, ortho):
+            if ab is None:
+                out.append((group, p, direct))
+                continue
+            row_var = None
+            if "normuon" in self.components:
+                state = self.state[p]
+                if "row_var" not in state:
+                    state["row_var"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+                row_var = state["row_var"]
+            U = self._finish_spectral(group, o.reshape(p.shape[0], -1), ab, row_var, gate)
+            out.append((group, p, U.reshape(p.shape)))
+        return out
+
+    def _orthogonalize_buckets(self, buckets: dict[tuple, list], n: int) -> list[torch.Tensor | None]:
+        """One batched Newton–Schulz per bucket (key: canonical shape + :meth:`_ns_key`); entries
+        ``(slot, matrix, tall)``. Returns the orthogonalised matrix of each slot (None: no entry)."""
+        ortho: list[torch.Tensor | None] = [None] * n
         for key, items in buckets.items():
             hot, steps, coeffs, backend, soft = key[2:]
             X = torch.cat([x for _, x, _ in items])  # one batched NS per canonical shape
@@ -729,27 +744,21 @@ class FusionOpt(torch.optim.Optimizer):
             )
             for (i, _, tall), o in zip(items, O.split([x.shape[0] for _, x, _ in items])):
                 ortho[i] = o.mT if tall else o
-        out = []
-        for (group, p, ab, direct), o in zip(prepared, ortho):
-            if ab is None:
-                out.append((group, p, direct))
-                continue
-            a, b = ab
-            O = o.reshape(p.shape[0], -1)
-            if "normuon" in self.components:
-                state = self.state[p]
-                if "row_var" not in state:
-                    state["row_var"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
-                U = normuon_rows(
-                    O, state["row_var"], beta2=group["normuon_beta2"], eps=group["normuon_eps"],
-                    scale=group["normuon_scale"], gate=gate,
-                )
-                if group["normuon_scale"] == "preserve_norm":
-                    U = U * lr_shape_scale(a, b, group["lr_scale"])
-            else:
-                U = O * lr_shape_scale(a, b, group["lr_scale"])
-            out.append((group, p, U.reshape(p.shape)))
-        return out
+        return ortho
+
+    def _finish_spectral(self, group, O: torch.Tensor, ab: tuple[int, int], row_var, gate) -> torch.Tensor:
+        """NorMuon (``row_var`` updated in place, gated) or the shape scale on the whole
+        orthogonalised ``(rows, cols)`` matrix ``O`` whose Newton–Schulz blocks are ``a × b``."""
+        a, b = ab
+        if "normuon" in self.components:
+            U = normuon_rows(
+                O, row_var, beta2=group["normuon_beta2"], eps=group["normuon_eps"],
+                scale=group["normuon_scale"], gate=gate,
+            )
+            if group["normuon_scale"] == "preserve_norm":
+                U = U * lr_shape_scale(a, b, group["lr_scale"])
+            return U
+        return O * lr_shape_scale(a, b, group["lr_scale"])
 
     def _scalar_directions(self, scalar, gate) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
         """Adam-normalised gradients (Schedule-Free AdamW has no first moment).
@@ -765,42 +774,12 @@ class FusionOpt(torch.optim.Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(p, dtype=dt)
                 if not self.sf:
                     state["exp_avg"] = torch.zeros_like(p, dtype=dt)
-            beta1, beta2 = group["betas"]
-            k = state["step"].clamp_min(1.0).double()  # a skipped first step leaves it 0
-            g = _clip_for_square(g.to(dt))
-            v = state["exp_avg_sq"]
-            v.lerp_(g.square(), (1.0 - beta2) * gate.to(dt))
-            bc2 = (1.0 - beta2**k).to(dt)
-            denom = (v / bc2).sqrt_().add_(group["eps"])
-            if self.sf:
-                U = g / denom
-            else:
-                m = state["exp_avg"]
-                m.lerp_(g, (1.0 - beta1) * gate.to(dt))
-                U = m / denom / (1.0 - beta1**k).to(dt)
-            out.append((group, p, U))
+            out.append((group, p, scalar_direction_(group, state, g, gate, self.sf)))
         return out
 
     def _apply(self, group, p, U, lr_t: float, c: torch.Tensor, multiplier, gate) -> None:
-        wd = group["weight_decay"]
-        step_lr = multiplier * lr_t if isinstance(multiplier, torch.Tensor) else lr_t
-        # a direction that overflowed (absurd but finite gradients) is dropped for this parameter
-        gate = gate * torch.isfinite(U).all()
-        if self.sf:
-            state = self.state[p]
-            z = state["z"]
-            delta = U * step_lr
-            if wd:
-                delta = delta + z * (lr_t * wd)
-            delta = delta * gate
-            if "x" in state:
-                sf_update_precise_(p, z, state["x"], delta.to(z.dtype), gate * c, group["betas"][0])
-            else:
-                sf_update_(p, z, delta.to(p.dtype), (gate * c).to(p.dtype), group["betas"][0])
-        else:
-            if wd:
-                p.mul_((1.0 - lr_t * wd * gate).to(p.dtype))
-            p.sub_((U * (step_lr * gate)).to(p.dtype))
+        state = self.state[p]
+        apply_update_(group, p, state.get("z"), state.get("x"), U, lr_t, c, multiplier, gate, self.sf)
 
     # ---------------------------------------------------------------- telemetry / state
     def telemetry(self, as_tensors: bool = False) -> dict[str, Any]:
@@ -890,6 +869,58 @@ class FusionOpt(torch.optim.Optimizer):
             group.pop("fusion_extra", None)
         if self._dist is not None:
             self._dist.after_load(self)
+
+
+# ---------------------------------------------------------------- per-parameter arithmetic
+# Pure per-parameter steps on whatever tensors they are given: whole parameters here, local
+# FSDP2 shards in distributed.py (which calls these same functions, so both stay bit-identical).
+def momentum_direction_(group: dict[str, Any], m: torch.Tensor, g_tilde: torch.Tensor, gate) -> torch.Tensor:
+    """``M ← lerp(M, G̃, (1−μ)·gate)`` in place; the direction (``lerp(G̃, M, μ)`` with Nesterov)."""
+    mu = group["momentum"]
+    g_tilde = g_tilde.to(m.dtype)
+    m.lerp_(g_tilde, (1.0 - mu) * gate.to(m.dtype))
+    return g_tilde.lerp(m, mu) if group["nesterov"] else m
+
+
+def scalar_direction_(group: dict[str, Any], state: dict[str, Any], g: torch.Tensor, gate, sf: bool) -> torch.Tensor:
+    """Schedule-Free AdamW's (``sf``) or AdamW's direction; ``state["exp_avg_sq"]`` (and
+    ``"exp_avg"``) updated in place, bias-corrected with the parameter's own ``state["step"]``
+    (already advanced for this step, as torch's AdamW does)."""
+    v = state["exp_avg_sq"]
+    dt = v.dtype
+    beta1, beta2 = group["betas"]
+    k = state["step"].clamp_min(1.0).double()  # a skipped first step leaves it 0
+    g = _clip_for_square(g.to(dt))
+    v.lerp_(g.square(), (1.0 - beta2) * gate.to(dt))
+    bc2 = (1.0 - beta2**k).to(dt)
+    denom = (v / bc2).sqrt_().add_(group["eps"])
+    if sf:
+        return g / denom
+    m = state["exp_avg"]
+    m.lerp_(g, (1.0 - beta1) * gate.to(dt))
+    return m / denom / (1.0 - beta1**k).to(dt)
+
+
+def apply_update_(group, p, z, x, U, lr_t: float, c, multiplier, gate, sf: bool) -> None:
+    """Apply direction ``U`` to ``p`` (and Schedule-Free's ``z``, fp32 ``x`` for low-precision
+    parameters, else None) in place, scaled by ``multiplier·lr_t``, gated."""
+    wd = group["weight_decay"]
+    step_lr = multiplier * lr_t if isinstance(multiplier, torch.Tensor) else lr_t
+    # a direction that overflowed (absurd but finite gradients) is dropped for this parameter
+    gate = gate * torch.isfinite(U).all()
+    if sf:
+        delta = U * step_lr
+        if wd:
+            delta = delta + z * (lr_t * wd)
+        delta = delta * gate
+        if x is not None:
+            sf_update_precise_(p, z, x, delta.to(z.dtype), gate * c, group["betas"][0])
+        else:
+            sf_update_(p, z, delta.to(p.dtype), (gate * c).to(p.dtype), group["betas"][0])
+    else:
+        if wd:
+            p.mul_((1.0 - lr_t * wd * gate).to(p.dtype))
+        p.sub_((U * (step_lr * gate)).to(p.dtype))
 
 
 #: Largest |gradient| fed to the KL-Shampoo factor update: its factors hold products of two

@@ -97,12 +97,22 @@ def shapes() -> list:
     return SPECTRAL_SHAPES + SCALAR_SHAPES
 
 
-def run_pair(rank, world, recipe, polyak, steps, *, opts=None, bad_rank=None, bad_step=None):
-    """The same steps on the sharded bag and on a local single-process reference."""
+def run_pair(rank, world, recipe, polyak, steps, *, opts=None, bad_rank=None, bad_step=None,
+             dtype=torch.float32, group_opts=None):
+    """The same steps on the sharded bag and on a local single-process reference.
+
+    ``group_opts``: per-group options, ``[spectral options, scalar options]``."""
     opts = dict(opts or {})
-    ref, sh = Bag(), sharded_bag()
-    o_ref = FusionOpt(ref.groups(), lr=0.02, recipe=recipe, polyak=polyak, **opts)
-    o_sh = FusionOpt(sh.groups(), lr=0.02, recipe=recipe, polyak=polyak, **opts)
+    ref, sh = Bag(dtype=dtype), sharded_bag(dtype=dtype)
+
+    def groups(bag):
+        gs = bag.groups()
+        for g, extra in zip(gs, group_opts or []):
+            g.update(extra)
+        return gs
+
+    o_ref = FusionOpt(groups(ref), lr=0.02, recipe=recipe, polyak=polyak, **opts)
+    o_sh = FusionOpt(groups(sh), lr=0.02, recipe=recipe, polyak=polyak, **opts)
     assert o_sh._dist is not None and o_sh._dist.sharded
     for k in range(steps):
         grads = global_grads(k, shapes())
@@ -158,6 +168,41 @@ def check_sharded_parity(rank, world, tmp):
             o_ref.train(), o_sh.train()
             compare(ref, sh, rank, world, exact, f"{recipe}/{polyak} after train()")
         assert o_sh.param_groups[0]["k"] == 4
+        # the loss reaches the optimizer with Polyak off too (its EMA is telemetry)
+        t_ref, t_sh = o_ref.telemetry(), o_sh.telemetry()
+        for key in ("fusion/loss_ema", "fusion/gnorm_ema", "fusion/gamma_multiplier", "fusion/nonfinite_steps"):
+            a, b = t_ref[key], t_sh[key]
+            assert (a != a and b != b) or abs(a - b) <= 1e-5 * max(abs(a), 1e-12), (recipe, polyak, key, a, b)
+        for p_ref, p_sh in zip(params_of(ref), params_of(sh)):
+            assert torch.equal(o_ref.state[p_ref]["step"], o_sh.state[p_sh]["step"])
+
+
+def check_sharded_parity_options(rank, world, tmp):
+    """bf16 parameters (fp32 z and x), per-group options, AdamW bias correction from the
+    per-parameter step counts, and a skipped *first* step (KL state left at its initial value):
+    still bit-equal to one process without Polyak."""
+    bf16 = run_pair(rank, world, "sf-normuon", "off", 3, dtype=torch.bfloat16, opts={"hot_dtype": "fp32"})
+    compare(*bf16[:2], rank, world, True, "bf16")
+    assert bf16[3].state[bf16[1].s[0]]["z"].dtype == torch.float32
+    bf16[2].eval(), bf16[3].eval()
+    compare(*bf16[:2], rank, world, True, "bf16 after eval()")
+    per_group = [{"lr": 0.05, "ns_steps": 4, "normuon_scale": "preserve_norm", "lr_scale": "original",
+                  "momentum": 0.9, "nesterov": True, "weight_decay": 0.1, "mona_alpha": -0.5},
+                 {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.05}]
+    for recipe in ("full", "muon", "sf-normuon"):
+        ref, sh, _, _ = run_pair(rank, world, recipe, "off", 3, group_opts=per_group,
+                                 opts={"precondition_frequency": 2} if recipe == "full" else {})
+        compare(ref, sh, rank, world, True, f"per-group options/{recipe}")
+    ref, sh, _, _ = run_pair(rank, world, "sf-adamw", "off", 3, group_opts=per_group)
+    compare(ref, sh, rank, world, True, "per-group options/sf-adamw")
+    # a NaN on one rank at the first step, without Polyak: bit-equal, the KL seed step skipped
+    ref, sh, o_ref, o_sh = run_pair(rank, world, "full", "off", 4, bad_rank=world - 1, bad_step=0,
+                                    opts={"precondition_frequency": 2})
+    compare(ref, sh, rank, world, True, "skipped first step")
+    assert float(o_sh.telemetry()["fusion/nonfinite_steps"]) == 1.0
+    # AdamW (no sf) scalar path and its first moment
+    ref, sh, _, _ = run_pair(rank, world, "muon", "off", 3, opts={"weight_decay": 0.1})
+    compare(ref, sh, rank, world, True, "muon + AdamW scalars")
 
 
 def check_ns_share(rank, world, tmp):
@@ -262,7 +307,9 @@ def _steps(bag, opt, ks, rank, world, sharded=True):
         opt.step(loss=losses[rank] if sharded else torch.stack(losses).mean())
 
 
-OPTS = dict(lr=0.02, recipe="full", polyak="relative", precondition_frequency=2)
+# fp32 Newton–Schulz: a resharded resume runs in other processes, whose hot_dtype="auto" timing
+# may decide differently from the saving run's (bf16 vs fp32 is a 1e-4 difference, not resharding)
+OPTS = dict(lr=0.02, recipe="full", polyak="relative", precondition_frequency=2, hot_dtype="fp32")
 
 
 def check_dcp_resume(rank, world, tmp):
@@ -416,3 +463,21 @@ def check_end_to_end(rank, world, tmp):
             full = b.full_tensor().detach()
             torch.testing.assert_close(full, a.detach(), rtol=1e-5, atol=1e-5 * float(a.detach().abs().max()),
                                        msg=lambda m, where=f"{recipe}: {name}": f"{where}: {m}")
+
+
+def check_hot_dtype_agreement(rank, world, tmp):
+    """hot_dtype="auto" is a per-process CPU timing: ranks that measured differently take rank 0's
+    decision when the distributed optimizer is built (else owners and references would differ)."""
+    from fusion_train.optim.hot_dtype import auto_hot_dtype, set_auto_hot_dtype
+
+    before = auto_hot_dtype("cpu")
+    try:
+        for mine in (("fp32", "bf16"), ("bf16", "fp32")):
+            set_auto_hot_dtype("cpu", mine[rank % 2])
+            FusionOpt(sharded_bag().groups(), lr=0.02)
+            assert auto_hot_dtype("cpu") == mine[0], (rank, mine)
+            FusionOpt(Bag().groups(), lr=0.02, process_group=dist.group.WORLD)  # DDP too
+            assert auto_hot_dtype("cpu") == mine[0], (rank, mine)
+    finally:
+        set_auto_hot_dtype("cpu", before)
+        FusionOpt(sharded_bag().groups(), lr=0.02)  # agree again for the checks that follow

@@ -56,6 +56,13 @@ def test_row_ranges_are_torch_chunk(rows, world):
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])) and sum(sizes) == rows
 
 
+def test_set_auto_hot_dtype_checks_the_name():
+    from fusion_train.optim.hot_dtype import set_auto_hot_dtype
+
+    with pytest.raises(ValueError, match="name must be 'bf16' or 'fp32', got 'fp16'"):
+        set_auto_hot_dtype("cpu", "fp16")
+
+
 def test_process_group_needs_initialised_distributed():
     if torch.distributed.is_initialized():  # pragma: no cover
         pytest.skip("a process group is initialised in this process")
@@ -68,13 +75,14 @@ def test_two_ranks_fsdp2_ddp_dcp_errors(tmp_path):
     """FSDP2 (uneven/empty shards, a batch of 3 on 2 ranks) and DDP against one process;
     non-finite on one rank; DCP resume bit-identity; NS share and collective counts; FSDP2 export
     from rank 0; error cases."""
-    spawn(2, ["check_errors", "check_sharded_parity", "check_replicated_parity",
+    spawn(2, ["check_errors", "check_sharded_parity", "check_sharded_parity_options", "check_hot_dtype_agreement",
+              "check_replicated_parity",
               "check_nonfinite_one_rank", "check_dcp_resume", "check_ns_share", "check_export"], tmp_path)
 
 
 @pytest.mark.slow
 def test_three_ranks_uneven(tmp_path):
-    spawn(3, ["check_sharded_parity", "check_nonfinite_one_rank", "check_dcp_resume", "check_ns_share"], tmp_path)
+    spawn(3, ["check_sharded_parity", "check_sharded_parity_options", "check_nonfinite_one_rank", "check_dcp_resume", "check_ns_share"], tmp_path)
 
 
 @pytest.mark.slow
