@@ -80,7 +80,7 @@ def test_torchrun_ddp_and_fsdp_match_one_process(tmp_path):
     assert abs(ddp - one) <= 0.02 * one and abs(fsdp - one) <= 0.02 * one, (one, ddp, fsdp)
     for name in ("ddp", "fsdp"):
         files = sorted(p.name for p in (tmp_path / name).iterdir())
-        assert files == ["best.safetensors", "last.safetensors", "telemetry.jsonl"]
+        assert files == ["best.safetensors", "last.safetensors", "telemetry.jsonl", "training.png"]  # rank 0 alone
         ref = (tmp_path / "one" / "telemetry.jsonl").read_text().splitlines()
         got = (tmp_path / name / "telemetry.jsonl").read_text().splitlines()
         assert len(got) == len(ref)  # rank 0 alone logged
