@@ -112,14 +112,21 @@ def dtype_stand_in(dtype: torch.dtype, device: torch.device) -> Tensor:
 
 
 def module_reason(model: nn.Module, path: str, cls: type) -> str | None:
-    """``None`` when the module at ``path`` is exactly a ``cls``, else the refusal reason."""
+    """``None`` when the module at ``path`` is exactly a ``cls`` (or a PEFT LoRA layer wrapping
+    exactly a ``cls``), else the refusal reason."""
     try:
         module = model.get_submodule(path)
     except AttributeError:
         return f"{path} is missing, expected a {cls.__name__}"
-    if type(module) is not cls:
-        return f"{path} is a {type(module).__name__}, expected {cls.__name__}"
-    return None
+    if type(module) is cls:
+        return None
+    base = getattr(module, "base_layer", None)
+    if type(module).__module__.startswith("peft.") and type(base) is cls:
+        return None  # a PEFT LoRA layer around the expected module: runs it, keyed by adapter state
+    got, want = type(module).__name__, cls.__name__
+    if got == want:  # same short name (e.g. a wrapper's `Linear`): say which modules they are
+        got, want = f"{type(module).__module__}.{got}", f"{cls.__module__}.{want}"
+    return f"{path} is a {got}, expected {want}"
 
 
 def blocks_reason(model: nn.Module, list_name: str, block_cls: type, parts: dict[str, type] | None = None) -> str | None:
@@ -144,15 +151,25 @@ def blocks_reason(model: nn.Module, list_name: str, block_cls: type, parts: dict
 # all fed one `temb`.
 
 
-def flux_style_block_sites(double_cls: type) -> Callable[[nn.Module], tuple[str, ...]]:
-    """Block → sites for a FLUX-style stack whose double-stream block class is ``double_cls``."""
+class FluxStyleBlockSites:
+    """Block → sites for a FLUX-style stack whose double-stream block class is ``double_cls``.
 
-    def sites(block: nn.Module) -> tuple[str, ...]:
-        if type(block) is double_cls:
+    A small class rather than a closure so that a cached model (whose hooks hold the family)
+    can be pickled.
+    """
+
+    def __init__(self, double_cls: type) -> None:
+        self.double_cls = double_cls
+
+    def __call__(self, block: nn.Module) -> tuple[str, ...]:
+        if type(block) is self.double_cls:
             return ("norm1.linear", "norm1_context.linear")
         return ("norm.linear",)
 
-    return sites
+
+def flux_style_block_sites(double_cls: type) -> Callable[[nn.Module], tuple[str, ...]]:
+    """Block → sites for a FLUX-style stack whose double-stream block class is ``double_cls``."""
+    return FluxStyleBlockSites(double_cls)
 
 
 def flux_style_check(model: nn.Module, double_cls: type, single_cls: type) -> str | None:
