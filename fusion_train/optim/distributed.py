@@ -489,7 +489,7 @@ class DistributedFusion:
         # --- owner: reassemble full matrices, KL-Shampoo, batched NS, NorMuon (the optimizer's own
         # functions on the whole matrices)
         owned = []  # (group, p, spec, direct or None, row_var_full or None)
-        buckets: dict[tuple, list[tuple[int, torch.Tensor, bool]]] = {}
+        buckets: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
         for group, p, spec, seeding, u_dtype, g_dtype in plan:
             if spec.owner != rank:
                 continue
@@ -528,12 +528,10 @@ class DistributedFusion:
             k = group["ns_split"]
             mat = u_full.reshape(k, spec.rows // k, -1)
             a, b = mat.shape[-2:]
-            tall = a > b
-            key = (min(a, b), max(a, b), *opt._ns_key(group, device))
-            buckets.setdefault(key, []).append((len(owned), mat.mT if tall else mat, tall))
+            buckets.setdefault((a, b, *opt._ns_key(group, device)), []).append((len(owned), mat))
             owned.append((group, p, spec, None, row_var))
         ortho = opt._orthogonalize_buckets(buckets, len(owned))
-        self.ns_matrices += sum(x.shape[0] for items in buckets.values() for _, x, _ in items)
+        self.ns_matrices += sum(x.shape[0] for items in buckets.values() for _, x in items)
 
         back: list[list[torch.Tensor]] = [[] for _ in range(W)]
         for (group, _, spec, direct, row_var), o in zip(owned, ortho):

@@ -223,30 +223,47 @@ def _gram_worthwhile(n: int, m: int) -> bool:
     return m >= _GRAM_MIN_ASPECT * n
 
 
+def _gram(X: torch.Tensor, tall: bool) -> torch.Tensor:
+    """The small Gram matrix: ``XᵀX`` for a tall X, ``XXᵀ`` for a wide one."""
+    return torch.bmm(X.mT, X) if tall else torch.bmm(X, X.mT)
+
+
 def _standard_iteration(X: torch.Tensor, schedule) -> torch.Tensor:
+    # A tall X (m > n) is iterated as X ← a·X + X·B with A = XᵀX: the transpose of the wide form,
+    # so no operand is ever transposed in memory (a strided copy costs as much as a matmul on a CPU).
+    tall = X.shape[-2] > X.shape[-1]
     for a, b, c in schedule:
-        A = torch.bmm(X, X.mT)
+        A = _gram(X, tall)
         # Fused multiply-adds round once per product (accumulating in fp32) instead of after every
         # scale and sum: in bf16 this halves the distance to the fp32 result (tests/optim/test_parity.py).
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
-        X = torch.baddbmm(X, B, X, beta=a)
+        X = torch.baddbmm(X, X, B, beta=a) if tall else torch.baddbmm(X, B, X, beta=a)
     return X
 
 
 def _gram_iteration(X0: torch.Tensor, schedule) -> torch.Tensor:
-    """Gram Newton–Schulz on wide ``X0`` (batch, n, m), restarted after iteration 2."""
-    n = X0.shape[-2]
+    """Gram Newton–Schulz on ``X0`` (batch, rows, cols), restarted after iteration 2.
+
+    Written for a wide X0 (``X = Q·X0``); a tall X0 uses the transposed algebra ``X = X0·Q``
+    (P and R are symmetric), again without transposing anything in memory.
+    """
+    tall = X0.shape[-2] > X0.shape[-1]
+    n = min(X0.shape[-2:])
     eye = torch.eye(n, dtype=X0.dtype, device=X0.device).expand(X0.shape[0], n, n)
-    X, R, Q = X0, torch.bmm(X0, X0.mT), None
+
+    def apply(Q: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(X, Q) if tall else torch.bmm(Q, X)
+
+    X, R, Q = X0, _gram(X0, tall), None
     for i, (a, b, c) in enumerate(schedule):
         if i == _GRAM_RESTART:  # form X once and start the Gram recursion afresh
-            X = torch.bmm(Q, X0) if Q is not None else X
-            X0, R, Q = X, torch.bmm(X, X.mT), None
+            X = apply(Q, X0) if Q is not None else X
+            X0, R, Q = X, _gram(X, tall), None
         # P = a·I + b·R + c·R² (symmetric, commutes with R)
         P = torch.baddbmm(torch.baddbmm(eye, R, R, beta=a, alpha=c), eye, R, beta=1.0, alpha=b)
-        Q = P if Q is None else torch.bmm(P, Q)
+        Q = P if Q is None else (torch.bmm(Q, P) if tall else torch.bmm(P, Q))
         R = torch.bmm(torch.bmm(P, R), P)
-    return torch.bmm(Q, X0) if Q is not None else X0
+    return apply(Q, X0) if Q is not None else X0
 
 
 def orthogonalize(
@@ -261,7 +278,8 @@ def orthogonalize(
     """Approximate the polar factor of ``G`` (shape ``(..., m, n)``) by quintic Newton–Schulz.
 
     Every leading index is an independent matrix, so same-shape matrices are orthogonalised in one
-    batched call. Tall matrices are transposed internally so the Gram matrix is ``min(m,n)²``.
+    batched call. Tall matrices iterate on ``XᵀX`` (the transposed algebra), so the Gram matrix is
+    always ``min(m,n)²`` and nothing is transposed in memory.
     ``hot_dtype="auto"`` picks bf16 or fp32 for ``G``'s device (hot_dtype.py). ``backend="gram"``
     runs Gram Newton–Schulz on matrices with aspect ratio ≥ 2.5 (module docstring).
     Returns a float32 tensor of ``G``'s shape.
@@ -286,9 +304,6 @@ def orthogonalize(
     schedule, safety = coefficient_schedule(coefficients, steps)
 
     X32 = G.to(torch.float32)
-    tall = X32.size(-2) > X32.size(-1)
-    if tall:
-        X32 = X32.mT
     # ‖X‖_F of a matrix whose entries are finite but large (≳1e19) overflows fp32 even when every
     # entry is representable; dividing by the largest |entry| first keeps the norm finite. The
     # result is X/(‖X‖_F·safety + eps) as before, up to rounding.
@@ -298,11 +313,11 @@ def orthogonalize(
     X32 = Xs / (norm * safety + eps / amax)
     lead = X32.shape[:-2]
     X = X32.to(dtype).reshape(-1, *X32.shape[-2:])
-    if backend == "gram" and _gram_worthwhile(X.shape[-2], X.shape[-1]):
+    if backend == "gram" and _gram_worthwhile(min(X.shape[-2:]), max(X.shape[-2:])):
         X = _gram_iteration(X, schedule)
     else:
         X = _standard_iteration(X, schedule)
     out = X.to(torch.float32).reshape(*lead, *X.shape[-2:])
-    # X32 is X/(‖X‖_F·safety): for the Soft-Muon end point we want exactly X/‖X‖_F.
-    out = soften(out, X32 * safety, s)
-    return out.mT if tall else out
+    if s:  # X32 is X/(‖X‖_F·safety): for the Soft-Muon end point we want exactly X/‖X‖_F.
+        out = soften(out, X32 * safety, s)
+    return out

@@ -53,9 +53,16 @@ def normuon_rows(
     if scale not in NORMUON_SCALES:
         raise ValueError(f"normuon scale must be one of {NORMUON_SCALES}, got {scale!r}")
     m, n = O.shape[-2], O.shape[-1]
-    row_var.lerp_(O.square().mean(dim=-1), (1.0 - beta2) * gate)
-    O_hat = O / (row_var.sqrt().unsqueeze(-1) + eps)
-    new_norm = torch.linalg.vector_norm(O_hat, dim=(-2, -1), keepdim=True) + eps
+    # One read of O for the row sums of squares and one read/write for the result: the norms of O
+    # and Ô follow from the row sums (‖Ô‖² = Σᵢ ‖Oᵢ‖² / (√vᵢ + ε)²), so neither is materialised.
+    # (square().sum() rather than vector_norm(dim=-1): O is often a transposed view, and a CPU
+    # vector_norm along a strided dimension is ~10× slower)
+    row_sq = O.square().sum(dim=-1)  # (..., m)
+    row_var.lerp_(row_sq / n, (1.0 - beta2) * gate)
+    inv = (row_var.sqrt() + eps).reciprocal_()  # per-row factor of Ô = O / (√v + ε)
+    new_norm = torch.linalg.vector_norm(row_sq.sqrt() * inv, dim=-1, keepdim=True) + eps  # ‖Ô‖_F
     if scale == "match_rms":
-        return O_hat * (0.2 * math.sqrt(m * n) / new_norm)
-    return O_hat * (torch.linalg.vector_norm(O, dim=(-2, -1), keepdim=True) / new_norm)
+        target = 0.2 * math.sqrt(m * n)
+    else:
+        target = torch.linalg.vector_norm(row_sq, ord=1, dim=-1, keepdim=True).sqrt_()  # ‖O‖_F
+    return O * (inv * (target / new_norm)).unsqueeze(-1)

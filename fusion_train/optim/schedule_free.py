@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["averaging_weight", "sf_update_", "sf_update_precise_", "x_from_y", "y_to_x_", "x_to_y_"]
+__all__ = [
+    "averaging_weight", "sf_update_", "sf_update_scaled_", "sf_update_precise_", "x_from_y", "y_to_x_", "x_to_y_",
+]
 
 
 def averaging_weight(step: int, lr_max: float, r: float = 0.0, weight_lr_power: float = 2.0) -> float:
@@ -42,6 +44,24 @@ def sf_update_(
     y.lerp_(z, c)
     y.sub_(delta * (1.0 - beta * (1.0 - c)))
     z.sub_(delta)
+
+
+def sf_update_scaled_(
+    y: torch.Tensor, z: torch.Tensor, u: torch.Tensor, k: torch.Tensor, c: torch.Tensor, beta: float,
+    decay: torch.Tensor | None = None,
+) -> None:
+    """:func:`sf_update_` with ``Δ = k·u + decay·z`` (``k``, ``decay``, ``c``: 0-d tensors),
+    without materialising Δ: three scaled in-place adds instead of five passes over the tensor.
+
+    ``y ← lerp(y, z, c) − a·Δ ;  z ← z − Δ``  with ``a = 1 − β(1−c)`` (Δ uses the old z).
+    """
+    a = 1.0 - beta * (1.0 - c)
+    y.lerp_(z, c)
+    if decay is not None:
+        y.sub_(z * (decay * a))
+        z.mul_(1.0 - decay)
+    y.addcmul_(u, k * a, value=-1.0)
+    z.addcmul_(u, k, value=-1.0)
 
 
 def x_from_y(y: torch.Tensor, z: torch.Tensor, beta: float) -> torch.Tensor:

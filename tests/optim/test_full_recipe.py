@@ -10,6 +10,7 @@ from torch import nn
 
 from fusion_train import FusionOpt, build_param_groups, lr_shape_scale, orthogonalize
 from fusion_train.optim import compilation
+from fusion_train.optim import optimizer as optimizer_module
 from fusion_train.optim.kl_shampoo import KLShampooConfig, kl_shampoo_init_state, kl_shampoo_seed
 from fusion_train.optim.mona import mona_gated_step, mona_init_buffers, mona_transform
 
@@ -232,10 +233,39 @@ def test_full_recipe_step_does_not_synchronise_with_the_host(monkeypatch):
         loss.backward()
         losses.append(loss)
         with monkeypatch.context() as mp:
+            # on a CPU the step reads the finite flag on purpose (it is free there); an
+            # accelerator never does, so take that path and check that nothing else syncs
+            mp.setattr(optimizer_module, "_free_host_read", lambda t: False)
             for name in ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy"):
                 mp.setattr(torch.Tensor, name, forbidden)
             opt.step(loss=loss)  # seed, update, update + refresh
     assert opt.telemetry()["fusion/step"] == 3
+
+
+@pytest.mark.parametrize("recipe", ["full", "sf-normuon", "muon"])
+def test_cpu_fast_path_for_finite_steps_is_bit_identical(monkeypatch, recipe):
+    """A CPU step reads the finite flag and skips the gating pass; the result must be the same
+    bits as the branch-free path an accelerator takes, including around a skipped step."""
+    def run(known: bool):
+        torch.manual_seed(0)
+        model = _small_dit()
+        opt = FusionOpt(build_param_groups(model), lr=2e-3, recipe=recipe, hot_dtype="fp32")
+        with monkeypatch.context() as mp:
+            if not known:
+                mp.setattr(optimizer_module, "_free_host_read", lambda t: False)
+            for i, b in enumerate(make_batches(4)):
+                loss = _loss(model, b)
+                opt.zero_grad()
+                loss.backward()
+                if i == 2:  # one non-finite step in the middle
+                    next(model.parameters()).grad.view(-1)[0] = float("nan")
+                opt.step(loss=loss)
+        return [p.detach().clone() for p in model.parameters()], opt.telemetry()["fusion/nonfinite_steps"]
+
+    fast, n_fast = run(True)
+    gated, n_gated = run(False)
+    assert n_fast == n_gated == 1
+    assert all(torch.equal(a, b) for a, b in zip(fast, gated))
 
 
 # ---------------------------------------------------------------- training
