@@ -22,6 +22,7 @@ best lr is then run on the other seeds. Recipes FusionOpt does not offer are rep
 That study reported SF-NorMuon −7.4 % and Full −8.4 % vs AdamW. Report what this measures.
 
 Run:  .venv/bin/python benchmarks/head_quality.py --reduced   (CPU, about 15 min on 2 busy cores)
+      .venv/bin/python benchmarks/head_quality.py --cpu       (reference head, 1000 steps, 3 seeds; ~90 min, 1 thread)
       .venv/bin/python benchmarks/head_quality.py             (full design; hours on CPU)
 Writes docs/benchmarks/head_quality.json/.md and docs/benchmarks/head_quality_loss_gamma.png.
 """
@@ -53,6 +54,14 @@ RECIPES = ("adamw", "muon", "muon+mona", "sf-normuon", "full")
 
 FULL = dict(pieces=200, crop=256, dim=256, depth=4, heads=8, steps=3000, batch=16, val_every=300,
             lr_mults=(0.5, 1.0, 2.0), max_widen=3, seeds=3, val_seeds=2, val_t_buckets=10, val_max=None, threads=0)
+# The issue-sized protocol that fits ~90 min of one core of a 2-core CPU next to digits_quality.py
+# (--cpu): the reference head (dim 256, depth 4), 1000 steps, 3 seeds, a widened sweep; shorter
+# crops and a lighter validation than FULL, and without "muon+mona" (see --mona-audit), "full"
+# (its KL-Shampoo step measured 1.06 s on one thread, 7x AdamW: six 1000-step runs alone take
+# 106 min), the Polyak row and diversity.
+CPU = dict(pieces=48, crop=64, dim=256, depth=4, heads=8, steps=1000, batch=8, val_every=250,
+           lr_mults=(0.5, 1.0, 2.0), max_widen=2, seeds=3, val_seeds=1, val_t_buckets=5, val_max=None, threads=1,
+           recipes=("adamw", "muon", "sf-normuon"), polyak=False)
 REDUCED = dict(pieces=48, crop=64, dim=128, depth=1, heads=4, steps=120, batch=8, val_every=40,
                lr_mults=(0.5, 1.0, 2.0), max_widen=1, seeds=3, val_seeds=2, val_t_buckets=5, val_max=None, threads=1)
 # MONA audit (--mona-audit): the muon+mona recipe with both signs of α and α = 0, β_a = 0.975.
@@ -190,14 +199,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reduced", action="store_true", help="the CPU configuration (see REDUCED)")
+    ap.add_argument("--reduced", action="store_true", help="a quick small-head configuration (see REDUCED)")
+    ap.add_argument("--cpu", action="store_true", help="the reference head at 1000 steps on one CPU thread (see CPU)")
     ap.add_argument("--steps", type=int, help="override the step budget")
     ap.add_argument("--pieces", type=int, help="override the number of music21 pieces")
     ap.add_argument("--seeds", type=int, help="override the number of seeds")
+    ap.add_argument("--recipes", nargs="+", choices=RECIPES, help="override the recipes (report: head_quality_<recipes>)")
     ap.add_argument("--no-diversity", action="store_true")
     ap.add_argument("--mona-audit", action="store_true", help="only the MONA α sign/scale audit")
     args = ap.parse_args(argv)
-    cfg = dict(REDUCED if args.reduced else FULL)
+    cfg = dict(REDUCED if args.reduced else CPU if args.cpu else FULL)
+    if args.recipes:
+        cfg["recipes"] = tuple(args.recipes)
     for key in ("steps", "pieces", "seeds"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
@@ -209,8 +222,10 @@ def main(argv=None) -> None:
     if args.mona_audit:
         mona_audit(cfg, data)
         return
-    recipes = [r for r in RECIPES if available(r)]
-    unavailable = [r for r in RECIPES if r not in recipes]
+    wanted = cfg.get("recipes", RECIPES)
+    recipes = [r for r in wanted if available(r)]
+    unavailable = [r for r in wanted if r not in recipes]
+    load_start = os.getloadavg()
     print(f"recipes: {recipes}; unavailable: {unavailable}", flush=True)
     seeds = list(range(cfg["seeds"]))
     tmp = Path(tempfile.mkdtemp(prefix="head_quality_"))
@@ -232,7 +247,7 @@ def main(argv=None) -> None:
     best_lr = {r: min(sweep[r], key=lambda x: x["best_val_mae"] if not x["diverged"] else math.inf)["lr"]
                for r in recipes}
     equal_steps: dict[str, list[dict]] = {r: [next(x for x in sweep[r] if x["lr"] == best_lr[r])] for r in recipes}
-    polyak = "sf-normuon" in recipes
+    polyak = "sf-normuon" in recipes and cfg.get("polyak", True)
     if polyak:
         equal_steps["sf-normuon+polyak"] = []
     for seed in seeds[1:] + ([0] if polyak else []):
@@ -274,11 +289,11 @@ def main(argv=None) -> None:
 
     total = time.perf_counter() - t_start
     report(cfg, data, recipes, unavailable, sweep, best_lr, equal_steps, equal_time, budget,
-           diversity_rows, reference_mae, total, args)
+           diversity_rows, reference_mae, total, args, (load_start, os.getloadavg()))
 
 
 def report(cfg, data, recipes, unavailable, sweep, best_lr, equal_steps, equal_time, budget,
-           diversity_rows, reference_mae, total, args) -> None:
+           diversity_rows, reference_mae, total, args, loads) -> None:
     adam_mae = mean_std([x["best_val_mae"] for x in equal_steps["adamw"]])[0]
     adam_its = statistics.median(x["it_per_s"] for x in equal_steps["adamw"])
     rows_steps = []
@@ -307,20 +322,25 @@ def report(cfg, data, recipes, unavailable, sweep, best_lr, equal_steps, equal_t
                          f"{bm.get('val/deriv_corr_target', math.nan):.3f}",
                          f"{bm.get('val/deriv_corr_reference', math.nan):.3f}",
                          f"{bm.get('val/mae_to_reference', math.nan):.3f}"])
-    plot_path = plot(equal_steps, sweep, best_lr, recipes)
+    stem = "head_quality" + ("_" + "_".join(r.replace("+", "_") for r in args.recipes) if args.recipes else "")
+    plot_path = plot(equal_steps, sweep, best_lr, recipes, stem)
     n_train, n_val = int(data.train_index.numel()), int(data.val_index.numel())
-    setup = (f"{'reduced' if args.reduced else 'full'} configuration: {cfg['pieces']} music21 pieces × 4 excerpts, "
+    name = "reduced" if args.reduced else "cpu" if args.cpu else "full"
+    setup = (f"{name} configuration (`--{name}`): {cfg['pieces']} music21 pieces × 4 excerpts, "
              f"cropped to {cfg['crop']} frames → {n_train} train / {n_val} val crops (split by piece); head dim "
              f"{cfg['dim']}, depth {cfg['depth']}, heads {cfg['heads']}; {cfg['steps']} steps × batch {cfg['batch']}; "
              f"Huber on standardised targets, rectified flow, t ~ U[0,1]; lr sweep × {list(cfg['lr_mults'])} of the "
              f"recipe default on seed 0, best lr on {cfg['seeds']} seeds; validation every {cfg['val_every']} steps "
              f"on {cfg['val_max'] or 'all'} val crops × {cfg['val_seeds']} noise seeds × {cfg['val_t_buckets']} "
-             f"t-buckets, best kept; {cfg['threads'] or 'default'} torch thread(s); total {total / 60:.1f} min.")
+             f"t-buckets, best kept; {cfg['threads'] or 'default'} torch thread(s); total {total / 60:.1f} min."
+             + (f" Recipes left out of this configuration: {[r for r in RECIPES if r not in recipes + unavailable]}"
+                " (see the CPU configuration's comment in the script)." if "recipes" in cfg else ""))
     md = [
         "# Control-head quality per optimizer recipe (`benchmarks/head_quality.py`)",
         "",
-        f"Environment: {environment()}. **Timings were taken on a shared, heavily loaded 2-core CPU box**; "
-        "it/s ratios come from runs interleaved across recipes in one process, but the load varies between runs.",
+        f"Environment: {environment()}. Load average at start {tuple(round(v, 2) for v in loads[0])}, at end "
+        f"{tuple(round(v, 2) for v in loads[1])}; it/s ratios come from runs interleaved across recipes in one "
+        "process, so load changes hit all recipes alike.",
         "",
         setup,
         "",
@@ -347,18 +367,18 @@ def report(cfg, data, recipes, unavailable, sweep, best_lr, equal_steps, equal_t
         md_table(["cell", "val median MAE (dB)", "deriv-corr target", "deriv-corr reference", "MAE to reference (dB)"],
                  rows_div) if rows_div else "(skipped)",
         "",
-        "![training loss and γ](head_quality_loss_gamma.png)" if plot_path else "",
+        f"![training loss and γ]({plot_path.name})" if plot_path else "",
     ]
     data_out = {
         "environment": environment(), "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-        "reduced": args.reduced, "unavailable": unavailable, "best_lr": best_lr, "budget_seconds": budget,
+        "reduced": args.reduced, "configuration": name, "loadavg": loads, "unavailable": unavailable, "best_lr": best_lr, "budget_seconds": budget,
         "sweep": sweep, "equal_steps": equal_steps, "equal_time": equal_time, "diversity": diversity_rows,
         "reference_mae": reference_mae, "total_seconds": total,
     }
-    write_report("head_quality", data_out, "\n".join(md))
+    write_report(stem, data_out, "\n".join(md))
 
 
-def plot(equal_steps, sweep, best_lr, recipes) -> Path | None:
+def plot(equal_steps, sweep, best_lr, recipes, stem: str = "head_quality") -> Path | None:
     try:
         import matplotlib
 
@@ -382,7 +402,7 @@ def plot(equal_steps, sweep, best_lr, recipes) -> Path | None:
     ax_loss.legend()
     ax_gamma.legend()
     fig.tight_layout()
-    path = OUT_DIR / "head_quality_loss_gamma.png"
+    path = OUT_DIR / f"{stem}_loss_gamma.png"
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
