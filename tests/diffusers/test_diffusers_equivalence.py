@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cache_checks import assert_fill_and_replay_exact, one_cached_entry, scaled
 from diffusers_tiny_models import CASE_BY_NAME, CASES, build, forward
 from fusion_diffusers import (
     ModulatorCacheConfig,
@@ -24,14 +25,7 @@ DTYPES = [torch.float32, torch.bfloat16]
 def test_cached_outputs_bit_equal_uncached(case, batch, dtype):
     model = build(case, dtype)
     steps = [case.inputs(batch, dtype, seed=s, t=t) for s, t in ((0, case.t_hi), (1, case.t_lo))]
-    reference = [forward(model, x) for x in steps]
-
-    cache = apply_modulator_cache(model)
-    first = [forward(model, x) for x in steps]  # fills the table
-    second = [forward(model, x) for x in steps]  # replays it
-    for ref, a, b in zip(reference, first, second):
-        assert torch.equal(ref, a)
-        assert torch.equal(ref, b)
+    cache = assert_fill_and_replay_exact(model, steps, forward)
     assert cache.stats.misses == len(steps) and cache.stats.hits == len(steps)
     remove_modulator_cache(model)
 
@@ -41,14 +35,10 @@ def test_replayed_modulators_are_really_used(case):
     """A wrong entry in the table must change the output (otherwise equality proves nothing)."""
     model = build(case)
     x = case.inputs(2, torch.float32, t=case.t_hi)
-    reference = forward(model, x)
-    cache = apply_modulator_cache(model, ModulatorCacheConfig(probe="never"))
-    forward(model, x)
-    (key,) = list(cache.core.store.keys())
-    values = cache.core.store.peek(key)
-    for path, v in list(values.items()):
-        values[path] = tuple(t * 1.5 for t in v) if isinstance(v, tuple) else v * 1.5
-    assert not torch.equal(forward(model, x), reference)
+    with one_cached_entry(model, x, forward) as (reference, values):
+        for path, v in list(values.items()):
+            values[path] = scaled(v)
+        assert not torch.equal(forward(model, x), reference)
 
 
 def _perturbations(case_name, x):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cache_checks import assert_fill_and_replay_exact, one_cached_entry, scaled
 from diffusers_tiny_models import build
 from fusion_diffusers import (
     ModulatorCacheConfig,
@@ -91,12 +92,7 @@ def _t_arg(case_name: str) -> str:
 def test_cached_outputs_bit_equal_uncached(case, batch, dtype):
     model = build(case, dtype)
     steps = [case.inputs(batch, dtype, seed=s, t=t) for s, t in ((0, case.t_hi), (1, case.t_lo), (2, case.t_lo / 2))]
-    reference = [forward(model, x) for x in steps]
-    cache = apply_modulator_cache(model)
-    first = [forward(model, x) for x in steps]  # fills the table
-    second = [forward(model, x) for x in steps]  # replays it
-    for ref, a, b in zip(reference, first, second):
-        assert torch.equal(ref, a) and torch.equal(ref, b)
+    cache = assert_fill_and_replay_exact(model, steps, forward)
     assert cache.stats.misses == len(steps) and cache.stats.hits == len(steps) and cache.stats.bypassed == 0
     remove_modulator_cache(model)
 
@@ -106,17 +102,13 @@ def test_every_cached_site_value_is_what_the_model_uses(case):
     """Scaling one cached tensor changes the output, for every site that feeds the blocks."""
     model = build(case)
     x = case.inputs(2, torch.float32, t=case.t_hi)
-    reference = forward(model, x)
-    cache = apply_modulator_cache(model, ModulatorCacheConfig(probe="never"))
-    forward(model, x)
-    (key,) = list(cache.core.store.keys())
-    values = cache.core.store.peek(key)
     inert = set()
-    for path, v in list(values.items()):
-        values[path] = tuple(t * 1.5 for t in v) if isinstance(v, tuple) else v * 1.5
-        if torch.equal(forward(model, x), reference):
-            inert.add(path)
-        values[path] = v
+    with one_cached_entry(model, x, forward) as (reference, values):
+        for path, v in list(values.items()):
+            values[path] = scaled(v)
+            if torch.equal(forward(model, x), reference):
+                inert.add(path)
+            values[path] = v
     assert inert == FEEDS_ONLY_SITES[_family_key(case.name)]
 
 

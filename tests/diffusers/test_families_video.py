@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cache_checks import assert_fill_and_replay_exact, one_cached_entry, scaled
 from diffusers_tiny_models import build, randomize
 from fusion_diffusers import (
     ModulatorCacheConfig,
@@ -43,12 +44,7 @@ def _cases(slow: set[str] = frozenset()) -> list:
 def test_cached_outputs_bit_equal_uncached(case, dtype):
     model = build(case, dtype)
     steps = [case.inputs(b, dtype, seed=s, t=t) for b in (1, 2) for s, t in ((0, case.t_hi), (1, case.t_lo))]
-    reference = [forward(model, x) for x in steps]
-    cache = apply_modulator_cache(model)
-    first = [forward(model, x) for x in steps]  # fills the table
-    second = [forward(model, x) for x in steps]  # replays it
-    for ref, a, b in zip(reference, first, second):
-        assert same(ref, a) and same(ref, b)
+    cache = assert_fill_and_replay_exact(model, steps, forward, same)
     # MiniMax-H3's modulators do not depend on the batch: batch 1 and 2 share entries.
     distinct = 2 if case.name == "minimax_h3" else len(steps)
     assert cache.stats.misses == distinct and cache.stats.hits == 2 * len(steps) - distinct
@@ -60,14 +56,10 @@ def test_replayed_modulators_are_really_used(case):
     """A wrong entry in the table must change the output (otherwise equality proves nothing)."""
     model = build(case)
     x = case.inputs(2, torch.float32, t=case.t_hi)
-    reference = forward(model, x)
-    cache = apply_modulator_cache(model, ModulatorCacheConfig(probe="never"))
-    forward(model, x)
-    (key,) = list(cache.core.store.keys())
-    values = cache.core.store.peek(key)
-    for path, v in list(values.items()):
-        values[path] = tuple(t * 1.5 for t in v) if isinstance(v, tuple) else v * 1.5
-    assert not same(forward(model, x), reference)
+    with one_cached_entry(model, x, forward) as (reference, values):
+        for path, v in list(values.items()):
+            values[path] = scaled(v)
+        assert not same(forward(model, x), reference)
 
 
 def _one_ulp_down(t: torch.Tensor, index=None) -> torch.Tensor:

@@ -49,6 +49,14 @@ def test_any_finite_gradient_keeps_parameters_and_state_finite(recipe, dtype, sc
     assert float(opt._polyak.gnorm_ema) < math.inf and math.isfinite(float(opt._polyak.multiplier))
 
 
+@pytest.mark.parametrize("scale", [1e20, 1e30, 1e36])  # 1e38·randn overflows fp32 itself
+def test_huge_finite_gradients_are_not_mistaken_for_nonfinite(scale):
+    """Their 2-norm overflows fp32 (the CPU's first, cheap check); the step must still be taken."""
+    m, opt = _fuzz("sf-normuon", torch.float32, scale)
+    assert opt.telemetry()["fusion/nonfinite_steps"] == 0
+    assert all(opt.state[p]["step"] == 3 for p in m.parameters())
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(exponent=st.floats(-40, 38), recipe=st.sampled_from(sorted(RECIPES)))
 def test_fuzz_gradient_magnitude_property(exponent, recipe):
