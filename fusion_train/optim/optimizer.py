@@ -754,7 +754,7 @@ class FusionOpt(torch.optim.Optimizer):
             O = self._orthogonalize(
                 X, steps=steps, coefficients=coeffs, hot_dtype=hot, softening=soft, backend=backend,
             )
-            for (i, x), o in zip(items, O.split([x.shape[0] for _, x in items])):
+            for (i, _), o in zip(items, O.split([x.shape[0] for _, x in items])):
                 ortho[i] = o
         return ortho
 
