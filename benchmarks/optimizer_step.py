@@ -6,9 +6,11 @@ Measures, A/B interleaved in one process after warm-up (median of repeats), on 2
      torch.optim.AdamW (foreach), schedulefree.AdamWScheduleFree, torch.optim.Muon + AdamW for the
      rest, pytorch_optimizer.NorMuon (+ its AdamW groups) — as ratios to AdamW;
   2. the spectral part alone: FusionOpt recipe "muon" vs torch.optim.Muon on the same matrices;
-  3. batched vs per-matrix Newton–Schulz over the head's spectral matrices, standard vs Gram;
+  3. batched vs per-matrix Newton–Schulz over the head's spectral matrices, standard vs Gram, and
+     the matrix products alone (the arithmetic floor);
   4. a whole training step (forward + backward + step) of the reference head at batch 8 × 128
-     frames: the same optimizers as 1, as ratios to AdamW (the issue's target: defaults ≤ 1.15×).
+     frames: the same optimizers as 1, as ratios to AdamW (target: defaults ≤ 1.15×), and forward +
+     backward alone, which with the matmul floor of 3 bounds what any Muon-type optimizer can reach.
 
 The load average is printed and recorded: the machine may be shared.
 
@@ -144,25 +146,39 @@ def bench_spectral(base, repeats):
     return res
 
 
+def ns_matmuls_only(stacked: list[torch.Tensor], steps: int = 5) -> None:
+    """Only the matrix products of a 5-step Newton–Schulz on each batch (no normalisation, no
+    casts, fixed coefficients): the arithmetic floor of any optimizer that orthogonalises these
+    matrices every step in this dtype."""
+    for X in stacked:
+        tall = X.shape[-2] > X.shape[-1]
+        for _ in range(steps):
+            A = torch.bmm(X.mT, X) if tall else torch.bmm(X, X.mT)
+            B = torch.baddbmm(A, A, A, beta=-4.7750, alpha=2.0315)
+            X = torch.baddbmm(X, X, B, beta=3.4445) if tall else torch.baddbmm(X, B, X, beta=3.4445)
+
+
 def bench_ns_batching(base, repeats):
     spec, _ = split(base)
     buckets: dict = {}
-    for p in spec:
-        a, b = p.shape[0], p.numel() // p.shape[0]
-        x = p.detach().reshape(a, b)
-        buckets.setdefault((min(a, b), max(a, b)), []).append(x.mT if a > b else x)
+    for p in spec:  # batched per shape as stored, as FusionOpt does
+        x = p.detach().reshape(p.shape[0], -1)
+        buckets.setdefault(tuple(x.shape), []).append(x)
     stacked = [torch.stack(v) for v in buckets.values()]
     mats = [x for v in buckets.values() for x in v]
     res = {}
     for hd in ("bf16", "fp32"):
+        dt = torch.bfloat16 if hd == "bf16" else torch.float32
+        hot = [(X / torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)).to(dt) for X in stacked]
         med = interleaved_medians({
             "batched": lambda hd=hd: [orthogonalize(X, hot_dtype=hd) for X in stacked],
             "batched gram": lambda hd=hd: [orthogonalize(X, hot_dtype=hd, backend="gram") for X in stacked],
             "per-matrix": lambda hd=hd: [orthogonalize(x, hot_dtype=hd) for x in mats],
+            "matmuls only": lambda hot=hot: ns_matmuls_only(hot),
         }, repeats=repeats)
         res[hd] = {"batched_ms": 1e3 * med["batched"], "gram_ms": 1e3 * med["batched gram"],
                    "per_matrix_ms": 1e3 * med["per-matrix"], "speedup": med["per-matrix"] / med["batched"],
-                   "gram_speedup": med["batched"] / med["batched gram"]}
+                   "gram_speedup": med["batched"] / med["batched gram"], "matmuls_only_ms": 1e3 * med["matmuls only"]}
     res["n_matrices"] = len(mats)
     res["n_batched_calls"] = len(stacked)
     return res
@@ -173,7 +189,14 @@ def bench_train_step(base, repeats, batch, frames, compile_):
     x = torch.randn(batch, 64, frames, generator=g)
     t = torch.rand(batch, generator=g)
     target = torch.randn(batch, 5, frames, generator=g)
-    fns = {}
+    fb_model = copy.deepcopy(base)
+
+    def forward_backward(m=fb_model):
+        loss = torch.nn.functional.mse_loss(m(x, t), target)
+        m.zero_grad(set_to_none=True)
+        loss.backward()
+
+    fns = {"forward + backward only (no step)": forward_backward}
     for name, make in {**peers(), **fusion_variants(compile_)}.items():
         m = copy.deepcopy(base)
         opt = make(m)
@@ -219,11 +242,17 @@ def main() -> None:
             "optimizer_step": steps, "spectral_only": spectral, "ns_batching": ns,
             "train_step": {"batch": batch, "frames": frames, "results": train}}
     target = train["FusionOpt defaults (auto)"]["ratio_to_adamw"]
+    # The floor of any optimizer that orthogonalises every spectral matrix every step in bf16:
+    # forward + backward + the Newton–Schulz matmuls alone, over AdamW's whole step.
+    fb = train["forward + backward only (no step)"]["ms"]
+    floor = (fb + ns["bf16"]["matmuls_only_ms"]) / train["AdamW (torch, foreach)"]["ms"]
+    data["floor"] = {"forward_backward_ms": fb, "ns_matmuls_bf16_ms": ns["bf16"]["matmuls_only_ms"],
+                     "ratio_to_adamw": floor}
     md = ["# Optimizer step on the control-head shapes", "",
           f"ControlHead dim 256, depth 4, {n_params:,} parameters; {environment()}; {args.threads} threads.", "",
           f"Load average at start {tuple(round(v, 2) for v in load0)}, at end {tuple(round(v, 2) for v in load1)} "
-          "(the 2-core machine was shared with other developers' jobs: absolute times are inflated and noisy; "
-          "ratios are measured side by side, interleaved).", "",
+          "(ratios are measured side by side, interleaved, so load changes hit every optimizer alike; absolute "
+          "times depend on the load).", "",
           f"`hot_dtype=\"auto\"` on this CPU: bf16 Newton–Schulz measured {bf16_speedup:.2f}× fp32 → **{auto}**.", "",
           f"Command: `python benchmarks/optimizer_step.py{' --quick' if args.quick else ''}"
           f"{' --no-compile' if not compile_ else ''}` (median of {reps} interleaved repeats after warm-up).", "",
@@ -232,6 +261,9 @@ def main() -> None:
                    [[k, f"{v['ms']:.0f}", f"{v['ratio_to_adamw']:.3f}"] for k, v in train.items()]), "",
           f"Target: defaults ≤ 1.15× AdamW. Measured: **{target:.2f}×**"
           f" ({'met' if target <= 1.15 else 'not met'}).", "",
+          f"Floor for any optimizer that orthogonalises all {ns['n_matrices']} spectral matrices every step in bf16 "
+          f"on this machine: forward + backward ({fb:.0f} ms) + the Newton–Schulz matrix products alone "
+          f"({ns['bf16']['matmuls_only_ms']:.1f} ms, nothing else) = **{floor:.2f}×** AdamW's whole step.", "",
           "## Optimizer step only (fixed gradients)", "",
           md_table(["optimizer", "ms / step", "× AdamW"],
                    [[k, f"{v['ms']:.1f}", f"{v['ratio_to_adamw']:.2f}"] for k, v in steps.items()]), "",
@@ -241,9 +273,10 @@ def main() -> None:
                     for hd in ("bf16", "fp32")]), "",
           f"Speed-up over torch.optim.Muon (both bf16): **{spectral['speedup_vs_torch_muon_bf16']:.2f}×**", "",
           f"## Newton–Schulz: batched ({ns['n_batched_calls']} calls) vs per-matrix ({ns['n_matrices']} calls), standard vs Gram", "",
-          md_table(["hot dtype", "batched ms", "batched Gram ms", "per-matrix ms", "batching speed-up", "Gram speed-up"],
+          md_table(["hot dtype", "batched ms", "batched Gram ms", "per-matrix ms", "matmuls only ms",
+                    "batching speed-up", "Gram speed-up"],
                    [[hd, f"{ns[hd]['batched_ms']:.1f}", f"{ns[hd]['gram_ms']:.1f}", f"{ns[hd]['per_matrix_ms']:.1f}",
-                     f"{ns[hd]['speedup']:.2f}×", f"{ns[hd]['gram_speedup']:.2f}×"]
+                     f"{ns[hd]['matmuls_only_ms']:.1f}", f"{ns[hd]['speedup']:.2f}×", f"{ns[hd]['gram_speedup']:.2f}×"]
                     for hd in ("bf16", "fp32")])]
     write_report("optimizer_step", data, "\n".join(md))
     print("\n".join(md))
