@@ -28,11 +28,14 @@ from torch import Tensor, nn
 
 from diffusers.models.normalization import (
     AdaLayerNormContinuous,
+    AdaLayerNormSingle,
     AdaLayerNormZero,
     AdaLayerNormZeroSingle,
 )
 
 __all__ = [
+    "adaln_single_time_embed",
+    "adaln_single_time_embed_reason",
     "blocks_reason",
     "flux_style_block_sites",
     "flux_style_check",
@@ -142,6 +145,33 @@ def blocks_reason(model: nn.Module, list_name: str, block_cls: type, parts: dict
         if reason is not None:
             return reason
     return None
+
+
+# ------------------------------------------------------------------ adaLN-single time embedding
+# Sana (`sana_transformer.py`) and Sana-Video (`transformer_sana_video.py`): `time_embed` is an
+# AdaLayerNormSingle, or with guidance a SanaCombinedTimestepGuidanceEmbeddings, called in one of
+# two forms and returning `(Linear(SiLU(e)), e)`.
+
+
+def adaln_single_time_embed_reason(model: nn.Module, guidance_cls: type) -> str | None:
+    """``None`` when ``model.time_embed`` is an AdaLayerNormSingle without additional conditions
+    (the model never passes them) or exactly ``guidance_cls``, else the refusal reason."""
+    emb = model.time_embed
+    if type(emb) is AdaLayerNormSingle:
+        if emb.emb.use_additional_conditions:
+            return f"time_embed uses additional conditions, which {type(model).__name__} never passes"
+        return None
+    if type(emb) is not guidance_cls:
+        return f"time_embed is a {type(emb).__name__}"
+    return None
+
+
+def adaln_single_time_embed(model: nn.Module, timestep: Tensor, guidance, batch_size, hidden_dtype) -> tuple:
+    """``model.time_embed`` called as the model's forward does: with ``guidance`` when given,
+    else with the batch size."""
+    if guidance is not None:
+        return tuple(model.time_embed(timestep, guidance=guidance, hidden_dtype=hidden_dtype))
+    return tuple(model.time_embed(timestep, batch_size=batch_size, hidden_dtype=hidden_dtype))
 
 
 # ------------------------------------------------------------------ FLUX.1-style MMDiT stacks

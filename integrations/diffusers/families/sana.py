@@ -9,7 +9,6 @@ from typing import Any
 
 from torch import nn
 
-from diffusers.models.normalization import AdaLayerNormSingle
 from diffusers.models.transformers.sana_transformer import (
     SanaCombinedTimestepGuidanceEmbeddings,
     SanaModulatedNorm,
@@ -18,34 +17,29 @@ from diffusers.models.transformers.sana_transformer import (
 )
 
 from .base import CallConditioning, Family
-from .patterns import no_block_sites
+from .patterns import (
+    adaln_single_time_embed,
+    adaln_single_time_embed_reason,
+    blocks_reason,
+    module_reason,
+    no_block_sites,
+)
 
 __all__ = ["FAMILY"]
 
 
 def _sana_check(model: nn.Module) -> str | None:
-    emb = model.time_embed
-    if type(emb) is AdaLayerNormSingle:
-        if emb.emb.use_additional_conditions:
-            return "time_embed uses additional conditions, which SanaTransformer2DModel never passes"
-    elif type(emb) is not SanaCombinedTimestepGuidanceEmbeddings:
-        return f"time_embed is a {type(emb).__name__}"
-    for i, blk in enumerate(model.transformer_blocks):
-        if type(blk) is not SanaTransformerBlock:
-            return f"transformer_blocks.{i} is a {type(blk).__name__}, expected SanaTransformerBlock"
-    if type(model.norm_out) is not SanaModulatedNorm:
-        return "norm_out is not a SanaModulatedNorm"
-    return None
+    return (
+        adaln_single_time_embed_reason(model, SanaCombinedTimestepGuidanceEmbeddings)
+        or blocks_reason(model, "transformer_blocks", SanaTransformerBlock)
+        or module_reason(model, "norm_out", SanaModulatedNorm)
+    )
 
 
 def _sana_compute(model: nn.Module, cond: CallConditioning) -> dict[str, Any]:
-    # SanaTransformer2DModel.forward: the same two call forms of `time_embed`.
-    guidance = cond.values["guidance"]
-    if guidance is not None:
-        out = model.time_embed(cond.timestep, guidance=guidance, hidden_dtype=cond.hidden_dtype)
-    else:
-        out = model.time_embed(cond.timestep, batch_size=cond.values["batch_size"], hidden_dtype=cond.hidden_dtype)
-    return {"time_embed": tuple(out)}
+    # SanaTransformer2DModel.forward: the two call forms of `time_embed`.
+    v = cond.values
+    return {"time_embed": adaln_single_time_embed(model, cond.timestep, v["guidance"], v["batch_size"], cond.hidden_dtype)}
 
 
 FAMILY = Family(

@@ -13,7 +13,6 @@ from typing import Any
 from torch import nn
 
 from diffusers import SanaVideoTransformer3DModel
-from diffusers.models.normalization import AdaLayerNormSingle
 from diffusers.models.transformers.transformer_sana_video import (
     SanaCombinedTimestepGuidanceEmbeddings,
     SanaModulatedNorm,
@@ -21,36 +20,31 @@ from diffusers.models.transformers.transformer_sana_video import (
 )
 
 from .base import CallConditioning, Family
-from .patterns import no_block_sites
+from .patterns import (
+    adaln_single_time_embed,
+    adaln_single_time_embed_reason,
+    blocks_reason,
+    module_reason,
+    no_block_sites,
+)
 
 __all__ = ["FAMILY"]
 
 
 def _sv_check(model: nn.Module) -> str | None:
-    emb = model.time_embed
-    if type(emb) is AdaLayerNormSingle:
-        if emb.emb.use_additional_conditions:
-            return "time_embed uses additional conditions, which SanaVideoTransformer3DModel never passes"
-    elif type(emb) is not SanaCombinedTimestepGuidanceEmbeddings:
-        return f"time_embed is a {type(emb).__name__}"
-    for i, blk in enumerate(model.transformer_blocks):
-        if type(blk) is not SanaVideoTransformerBlock:
-            return f"transformer_blocks.{i} is a {type(blk).__name__}, expected SanaVideoTransformerBlock"
-    if type(model.norm_out) is not SanaModulatedNorm:
-        return "norm_out is not a SanaModulatedNorm"
-    return None
+    return (
+        adaln_single_time_embed_reason(model, SanaCombinedTimestepGuidanceEmbeddings)
+        or blocks_reason(model, "transformer_blocks", SanaVideoTransformerBlock)
+        or module_reason(model, "norm_out", SanaModulatedNorm)
+    )
 
 
 def _sv_compute(model: nn.Module, cond: CallConditioning) -> dict[str, Any]:
     # SanaVideoTransformer3DModel.forward: the same two call forms of `time_embed`, on
     # `timestep.flatten()`; hidden dtype = the patch embedding's output dtype (the input's).
-    guidance = cond.values["guidance"]
+    v = cond.values
     t = cond.timestep.flatten()
-    if guidance is not None:
-        out = model.time_embed(t, guidance=guidance, hidden_dtype=cond.hidden_dtype)
-    else:
-        out = model.time_embed(t, batch_size=cond.values["batch_size"], hidden_dtype=cond.hidden_dtype)
-    return {"time_embed": tuple(out)}
+    return {"time_embed": adaln_single_time_embed(model, t, v["guidance"], v["batch_size"], cond.hidden_dtype)}
 
 
 FAMILY = Family(
