@@ -362,10 +362,11 @@ def report(cfg, data, recipes, unavailable, sweep, best_lr, equal_steps, equal_t
         "",
         "## Diversity training (λ = 0.3, bound = 1 std², λ warm-up over half the steps when fresh)",
         "",
-        f"Reference: the SF-NorMuon seed-0 head at its best lr, val median MAE {reference_mae:.3f} dB.",
+        f"Reference: the SF-NorMuon seed-0 head at its best lr, val median MAE {reference_mae:.3f} dB."
+        if rows_div else "Not run (`--no-diversity`, or no sf-normuon recipe).",
         "",
         md_table(["cell", "val median MAE (dB)", "deriv-corr target", "deriv-corr reference", "MAE to reference (dB)"],
-                 rows_div) if rows_div else "(skipped)",
+                 rows_div) if rows_div else "",
         "",
         f"![training loss and γ]({plot_path.name})" if plot_path else "",
     ]
