@@ -34,3 +34,14 @@ def one_cached_entry(model, x: dict, forward: Callable) -> Iterator[tuple[torch.
 def scaled(value, factor: float = 1.5):
     """A cached site value (a tensor or a tuple of them) scaled: a wrong entry."""
     return tuple(t * factor for t in value) if isinstance(value, tuple) else value * factor
+
+
+def assert_miss_and_exact(cache, model, changed: dict, forward: Callable, what: str, same: Callable = torch.equal):
+    """A forward on ``changed`` inputs computes a new entry (one more miss) and is bit-equal to the
+    uncached model's output for them."""
+    misses = cache.stats.misses
+    with cache.disabled():
+        expected = forward(model, changed)
+    got = forward(model, changed)
+    assert cache.stats.misses == misses + 1, what
+    assert same(got, expected), what

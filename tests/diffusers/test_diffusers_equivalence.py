@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cache_checks import assert_fill_and_replay_exact, one_cached_entry, scaled
+from cache_checks import (
+    assert_fill_and_replay_exact,
+    assert_miss_and_exact,
+    one_cached_entry,
+    scaled,
+)
 from diffusers_tiny_models import CASE_BY_NAME, CASES, build, forward
 from fusion_diffusers import (
     ModulatorCacheConfig,
@@ -71,12 +76,7 @@ def test_changing_any_conditioning_never_replays_a_stale_entry(case):
     cache = apply_modulator_cache(model)
     forward(model, x)
     for name, changed in _perturbations(case.name, x):
-        misses = cache.stats.misses
-        with cache.disabled():
-            expected = forward(model, changed)
-        got = forward(model, changed)
-        assert cache.stats.misses == misses + 1, name
-        assert torch.equal(got, expected), name
+        assert_miss_and_exact(cache, model, changed, forward, name)
     if case.name == "auraflow":
         # AuraFlow's modulators depend on t only: another prompt must *hit* and stay exact.
         hits = cache.stats.hits

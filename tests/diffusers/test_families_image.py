@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cache_checks import assert_fill_and_replay_exact, one_cached_entry, scaled
+from cache_checks import (
+    assert_fill_and_replay_exact,
+    assert_miss_and_exact,
+    one_cached_entry,
+    scaled,
+)
 from diffusers_tiny_models import build
 from fusion_diffusers import (
     ModulatorCacheConfig,
@@ -226,11 +231,7 @@ def test_changing_any_conditioning_misses_and_ignored_inputs_hit(case):
     cache = apply_modulator_cache(model)
     forward(model, x)
     for name, changed in _misses(case.name, x):
-        misses = cache.stats.misses
-        with cache.disabled():
-            expected = forward(model, changed)
-        assert torch.equal(forward(model, changed), expected), name
-        assert cache.stats.misses == misses + 1, name
+        assert_miss_and_exact(cache, model, changed, forward, name)
     for name, changed in _hits(case.name, x):
         hits = cache.stats.hits
         with cache.disabled():

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cache_checks import assert_fill_and_replay_exact, one_cached_entry, scaled
+from cache_checks import (
+    assert_fill_and_replay_exact,
+    assert_miss_and_exact,
+    one_cached_entry,
+    scaled,
+)
 from diffusers_tiny_models import build, randomize
 from fusion_diffusers import (
     ModulatorCacheConfig,
@@ -120,12 +125,7 @@ def test_changing_any_conditioning_never_replays_a_stale_entry(case):
     cache = apply_modulator_cache(model)
     forward(model, x)
     for what, changed in _perturbations(case.name, x):
-        misses = cache.stats.misses
-        with cache.disabled():
-            expected = forward(model, changed)
-        got = forward(model, changed)
-        assert cache.stats.misses == misses + 1, what
-        assert same(got, expected), what
+        assert_miss_and_exact(cache, model, changed, forward, what, same)
     if case.name not in PROMPT_FREE:
         return
     # The prompt tokens feed no modulator site: a new prompt reuses the entry, bit-exact.
