@@ -205,15 +205,28 @@ def main(argv=None) -> None:
     ap.add_argument("--pieces", type=int, help="override the number of music21 pieces")
     ap.add_argument("--seeds", type=int, help="override the number of seeds")
     ap.add_argument("--recipes", nargs="+", choices=RECIPES, help="override the recipes (report: head_quality_<recipes>)")
+    ap.add_argument("--centre", nargs="+", default=[], metavar="RECIPE=LR",
+                    help="centre a recipe's lr sweep here instead of its default lr (e.g. a previous run's best)")
+    ap.add_argument("--threads", type=int, help="override the number of torch threads")
     ap.add_argument("--no-diversity", action="store_true")
     ap.add_argument("--mona-audit", action="store_true", help="only the MONA α sign/scale audit")
     args = ap.parse_args(argv)
     cfg = dict(REDUCED if args.reduced else CPU if args.cpu else FULL)
     if args.recipes:
         cfg["recipes"] = tuple(args.recipes)
-    for key in ("steps", "pieces", "seeds"):
+    for key in ("steps", "pieces", "seeds", "threads"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
+    centre = dict(DEFAULT_LR)
+    for item in args.centre:
+        recipe, _, lr = item.partition("=")
+        if recipe not in RECIPES or not lr:
+            ap.error(f"--centre takes RECIPE=LR with RECIPE in {RECIPES}; got {item!r}")
+        try:
+            centre[recipe] = float(lr)
+        except ValueError:
+            ap.error(f"--centre {item!r}: LR must be a number")
+    cfg["centre"] = {r: centre[r] for r in RECIPES if centre[r] != DEFAULT_LR[r]}
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])  # a loaded 2-core box: threads mostly wait on each other
     t_start = time.perf_counter()
@@ -232,16 +245,16 @@ def main(argv=None) -> None:
 
     # warm-up: a few steps of every recipe (allocator, thread pools, first-call overheads)
     for r in recipes:
-        run(cfg, data, r, DEFAULT_LR[r], 99, steps=3)
+        run(cfg, data, r, centre[r], 99, steps=3)
 
     # 1) lr sweep on seed 0, interleaved across recipes
     sweep: dict[str, list[dict]] = {r: [] for r in recipes}
     for mult in cfg["lr_mults"]:
         for r in recipes:
-            sweep[r].append(run(cfg, data, r, DEFAULT_LR[r] * mult, 0,
+            sweep[r].append(run(cfg, data, r, centre[r] * mult, 0,
                                 out_dir=str(tmp / f"{r}_lr{mult}") if r == "sf-normuon" else None))
     # widen at an edge until every recipe's best lr is interior (or max_widen extra points)
-    edges = widen_sweep(sweep, lambda r, lr: run(cfg, data, r, lr, 0), DEFAULT_LR, cfg)
+    edges = widen_sweep(sweep, lambda r, lr: run(cfg, data, r, lr, 0), centre, cfg)
     if edges:
         print(f"best lr still at an edge after widening: {edges}", flush=True)
     best_lr = {r: min(sweep[r], key=lambda x: x["best_val_mae"] if not x["diverged"] else math.inf)["lr"]
@@ -330,7 +343,7 @@ def report(cfg, data, recipes, unavailable, sweep, best_lr, equal_steps, equal_t
              f"cropped to {cfg['crop']} frames → {n_train} train / {n_val} val crops (split by piece); head dim "
              f"{cfg['dim']}, depth {cfg['depth']}, heads {cfg['heads']}; {cfg['steps']} steps × batch {cfg['batch']}; "
              f"Huber on standardised targets, rectified flow, t ~ U[0,1]; lr sweep × {list(cfg['lr_mults'])} of the "
-             f"recipe default on seed 0, best lr on {cfg['seeds']} seeds; validation every {cfg['val_every']} steps "
+             f"recipe default{' (centred at ' + str(cfg['centre']) + ')' if cfg.get('centre') else ''} on seed 0, best lr on {cfg['seeds']} seeds; validation every {cfg['val_every']} steps "
              f"on {cfg['val_max'] or 'all'} val crops × {cfg['val_seeds']} noise seeds × {cfg['val_t_buckets']} "
              f"t-buckets, best kept; {cfg['threads'] or 'default'} torch thread(s); total {total / 60:.1f} min."
              + (f" Recipes left out of this configuration: {[r for r in RECIPES if r not in recipes + unavailable]}"
