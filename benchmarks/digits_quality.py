@@ -36,6 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import environment, md_table, write_report  # noqa: E402
+from _sweep import add_centre_argument, parse_centres  # noqa: E402
 
 from fusion_train import FusionOpt, build_param_groups  # noqa: E402
 
@@ -162,7 +163,7 @@ def mean_std(v):
 
 def sweep(arch: str, cfg: dict, data, names) -> tuple[dict, dict, dict]:
     """lr sweep on seed 0, widened at an edge until every recipe's best lr is interior."""
-    grids = {n: [BASE_LR[n] * m for m in cfg["grid"]] for n in names}
+    grids = {n: [cfg["centre"][n] * m for m in cfg["grid"]] for n in names}
     results: dict[str, dict[float, dict]] = {n: {} for n in names}
     edge: dict[str, str] = {}
     for widen in range(cfg["max_widen"] + 1):
@@ -198,15 +199,21 @@ def main(argv=None) -> None:
     ap.add_argument("--arch", choices=list(MODELS), action="append")
     ap.add_argument("--recipes", nargs="*", choices=list(RECIPES))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-widen", type=int, help="override how many times a sweep may widen at an edge")
+    add_centre_argument(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = REDUCED if args.reduced else FULL
+    cfg = dict(REDUCED if args.reduced else FULL)
+    if args.max_widen is not None:
+        cfg["max_widen"] = args.max_widen
+    cfg["centre"] = parse_centres(ap, args.centre, BASE_LR)
     names = args.recipes or list(cfg["recipes"])
     archs = args.arch or list(MODELS)
     data = load_digits_tensors()
     load0 = os.getloadavg()
     print(f"digits: {len(data[0][1])} train / {len(data[1][1])} val; cfg={cfg}; loadavg={load0}", flush=True)
     out = {"environment": environment(), "config": cfg, "reduced": args.reduced, "recipes": names,
+           "argv": list(sys.argv[1:] if argv is None else argv),
            "loadavg_start": load0, "archs": {}}
     for arch in archs:
         results, best_lr, edge = sweep(arch, cfg, data, names)
@@ -227,20 +234,28 @@ def main(argv=None) -> None:
     write_report("digits_quality" + ("_" + "_".join(archs) if args.arch else ""), out, markdown(out))
 
 
+def centred(cfg: dict) -> str:
+    moved = {n: lr for n, lr in cfg.get("centre", {}).items() if lr != BASE_LR[n]}
+    return f" (sweep centred instead at {', '.join(f'{n} {lr:.3g}' for n, lr in moved.items())})" if moved else ""
+
+
 def markdown(out: dict) -> str:
     cfg = out["config"]
     lines = [
         "# Optimizer quality on scikit-learn digits (MLP and CNN)",
         "",
         f"{'REDUCED run (CPU share): ' if out['reduced'] else ''}{cfg['steps']} steps, batch {cfg['batch']}, "
-        f"{cfg['seeds']} seeds, lr grid ×{cfg['grid']} around each recipe's base lr, widened up to "
+        f"{cfg['seeds']} seeds, lr grid ×{cfg['grid']} around each recipe's base lr"
+        f"{centred(cfg)}, widened up to "
         f"{cfg['max_widen']} times at an edge. Validation: 397 held-out images, the averaged weights x for "
         "Schedule-Free recipes. FusionOpt with all defaults except the recipe (and MONA's α).",
         "",
         f"Environment: {out['environment']}; loadavg at start {tuple(round(v, 2) for v in out['loadavg_start'])}, "
         f"at end {tuple(round(v, 2) for v in out['loadavg_end'])} (machine shared with other jobs).",
         "",
-        f"Command: `python benchmarks/digits_quality.py{' --reduced' if out['reduced'] else ''}`",
+        "Command: `python benchmarks/digits_quality.py"
+        + "".join(" " + (a if a.isidentifier() or a.startswith("-") else repr(a)) for a in out.get("argv", []))
+        + "`",
     ]
     for arch, a in out["archs"].items():
         lines += ["", f"## {arch.upper()}", "", "### Equal steps (best lr per recipe; mean ± std over seeds)", ""]

@@ -43,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import OUT_DIR, environment, md_table, write_report  # noqa: E402
+from _sweep import add_centre_argument, parse_centres  # noqa: E402
 
 from fusion_infer import ControlHeadConfig  # noqa: E402
 from fusion_infer.files import atomic_write  # noqa: E402
@@ -205,8 +206,7 @@ def main(argv=None) -> None:
     ap.add_argument("--pieces", type=int, help="override the number of music21 pieces")
     ap.add_argument("--seeds", type=int, help="override the number of seeds")
     ap.add_argument("--recipes", nargs="+", choices=RECIPES, help="override the recipes (report: head_quality_<recipes>)")
-    ap.add_argument("--centre", nargs="+", default=[], metavar="RECIPE=LR",
-                    help="centre a recipe's lr sweep here instead of its default lr (e.g. a previous run's best)")
+    add_centre_argument(ap)
     ap.add_argument("--threads", type=int, help="override the number of torch threads")
     ap.add_argument("--no-diversity", action="store_true")
     ap.add_argument("--mona-audit", action="store_true", help="only the MONA α sign/scale audit")
@@ -217,15 +217,7 @@ def main(argv=None) -> None:
     for key in ("steps", "pieces", "seeds", "threads"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
-    centre = dict(DEFAULT_LR)
-    for item in args.centre:
-        recipe, _, lr = item.partition("=")
-        if recipe not in RECIPES or not lr:
-            ap.error(f"--centre takes RECIPE=LR with RECIPE in {RECIPES}; got {item!r}")
-        try:
-            centre[recipe] = float(lr)
-        except ValueError:
-            ap.error(f"--centre {item!r}: LR must be a number")
+    centre = parse_centres(ap, args.centre, {r: DEFAULT_LR[r] for r in RECIPES})
     cfg["centre"] = {r: centre[r] for r in RECIPES if centre[r] != DEFAULT_LR[r]}
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])  # a loaded 2-core box: threads mostly wait on each other
