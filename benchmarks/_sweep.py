@@ -16,7 +16,7 @@ def parse_centres(ap: argparse.ArgumentParser, items: list[str], defaults: Mappi
     """``defaults`` with the ``RECIPE=LR`` overrides of ``--centre`` applied; bad items exit via ``ap.error``."""
     centre = dict(defaults)
     for item in items:
-        recipe, _, lr = item.partition("=")
+        recipe, _, lr = item.rpartition("=")  # recipe names may hold "=" (digits: "mona α=-20")
         if recipe not in defaults or not lr:
             ap.error(f"--centre takes RECIPE=LR with RECIPE in {tuple(defaults)}; got {item!r}")
         try:
