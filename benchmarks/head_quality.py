@@ -23,6 +23,8 @@ That study reported SF-NorMuon −7.4 % and Full −8.4 % vs AdamW. Report what 
 
 Run:  .venv/bin/python benchmarks/head_quality.py --reduced   (CPU, about 15 min on 2 busy cores)
       .venv/bin/python benchmarks/head_quality.py --cpu       (reference head, 1000 steps, 3 seeds; ~90 min, 1 thread)
+      .venv/bin/python benchmarks/head_quality.py --cpu --threads 2 --recipes adamw full muon+mona
+          --centre adamw=2.5e-4 full=2e-3 muon+mona=5e-4 --no-diversity   (the recipes --cpu leaves out; ~110 min)
       .venv/bin/python benchmarks/head_quality.py             (full design; hours on CPU)
 Writes docs/benchmarks/head_quality.json/.md and docs/benchmarks/head_quality_loss_gamma.png.
 """

@@ -41,14 +41,18 @@ The full digits protocol (``benchmarks/digits_quality.py``: 1000 steps, lr sweep
 up to 3 times, 3 seeds at each α's best lr; ``docs/benchmarks/digits_quality.md``), val CE mean ±
 std for α = −20 / 0 / +20:
 
-* MLP: 0.195 ± 0.064 (lr 3.1e-4, still the low edge after widening) / 0.460 ± 0.056 / 0.345 ± 0.016;
-* CNN: 0.422 ± 0.406 (low edge) / 0.209 ± 0.113 (low edge) / 0.131 ± 0.039.
+* MLP: 0.195 ± 0.064 (lr 3.1e-4; a sweep continued below it confirmed it interior) / 0.460 ±
+  0.056 / 0.345 ± 0.016;
+* CNN: 0.134 ± 0.090 / 0.144 ± 0.091 / 0.131 ± 0.039 (−20 and 0 at 1.56e-4, from a sweep continued
+  below the first run's low edge; α = 0 is plain Muon's code path).
+* control head at the reference size (dim 256, depth 4, 1000 steps, ``benchmarks/head_quality.py
+  --cpu``; val MAE dB): +20 3.141 ± 0.080, 0 (plain Muon) 3.166 ± 0.112; −20 not run at this size.
 
-So the longer runs are mixed: the CNN keeps the reduced runs' order (+20 best, −20 worst), the MLP
-reverses it, with −20's optimum at the edge of its sweep (so its true optimum may lie lower still).
-The default stays ``+1/(2(1−β_a))`` (best on two of three tasks, and the only sign that is
-interior on both digits models); pass ``mona_alpha=reimplementation_mona_alpha(β)`` for the other
-sign. Both signs and any α > −1/(1−β_a) stay available.
+So the longer runs are mixed: the MLP clearly favours −20, the CNN is a tie within the seed
+spread, and the head slightly favours +20 over α = 0. The default stays ``+1/(2(1−β_a))`` (the
+extrapolating sign of the gradient-difference Nesterov forms, and best on all three tasks in the
+reduced runs), but the evidence does not settle the sign; pass
+``mona_alpha=reimplementation_mona_alpha(β)`` for the other sign. Both signs and any α > −1/(1−β_a) stay available.
 
 Sources and what is uncertain
 -----------------------------
