@@ -12,6 +12,22 @@ def add_centre_argument(ap: argparse.ArgumentParser) -> None:
                          "best, to continue a sweep whose optimum sat at an edge)")
 
 
+def non_negative_int(text: str) -> int:
+    """argparse ``type=`` for counts such as ``--max-widen`` (0 allowed)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for ``--threads`` and similar (>= 1)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
 def parse_centres(ap: argparse.ArgumentParser, items: list[str], defaults: Mapping[str, float]) -> dict[str, float]:
     """``defaults`` with the ``RECIPE=LR`` overrides of ``--centre`` applied; bad items exit via ``ap.error``."""
     centre = dict(defaults)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -36,7 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import environment, md_table, write_report  # noqa: E402
-from _sweep import add_centre_argument, parse_centres  # noqa: E402
+from _sweep import add_centre_argument, non_negative_int, parse_centres, positive_int  # noqa: E402
 
 from fusion_train import FusionOpt, build_param_groups  # noqa: E402
 
@@ -198,8 +199,8 @@ def main(argv=None) -> None:
     ap.add_argument("--reduced", action="store_true")
     ap.add_argument("--arch", choices=list(MODELS), action="append")
     ap.add_argument("--recipes", nargs="*", choices=list(RECIPES))
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-widen", type=int, help="override how many times a sweep may widen at an edge")
+    ap.add_argument("--threads", type=positive_int, default=1)
+    ap.add_argument("--max-widen", type=non_negative_int, help="override how many times a sweep may widen at an edge")
     add_centre_argument(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -253,9 +254,7 @@ def markdown(out: dict) -> str:
         f"Environment: {out['environment']}; loadavg at start {tuple(round(v, 2) for v in out['loadavg_start'])}, "
         f"at end {tuple(round(v, 2) for v in out['loadavg_end'])} (machine shared with other jobs).",
         "",
-        "Command: `python benchmarks/digits_quality.py"
-        + "".join(" " + (a if a.isidentifier() or a.startswith("-") else repr(a)) for a in out.get("argv", []))
-        + "`",
+        f"Command: `{shlex.join(['python', 'benchmarks/digits_quality.py', *out.get('argv', [])])}`",
     ]
     for arch, a in out["archs"].items():
         lines += ["", f"## {arch.upper()}", "", "### Equal steps (best lr per recipe; mean ± std over seeds)", ""]

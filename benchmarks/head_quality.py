@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import OUT_DIR, environment, md_table, write_report  # noqa: E402
-from _sweep import add_centre_argument, parse_centres  # noqa: E402
+from _sweep import add_centre_argument, parse_centres, positive_int  # noqa: E402
 
 from fusion_infer import ControlHeadConfig  # noqa: E402
 from fusion_infer.files import atomic_write  # noqa: E402
@@ -209,7 +209,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, help="override the number of seeds")
     ap.add_argument("--recipes", nargs="+", choices=RECIPES, help="override the recipes (report: head_quality_<recipes>)")
     add_centre_argument(ap)
-    ap.add_argument("--threads", type=int, help="override the number of torch threads")
+    ap.add_argument("--threads", type=positive_int, help="override the number of torch threads")
     ap.add_argument("--no-diversity", action="store_true")
     ap.add_argument("--mona-audit", action="store_true", help="only the MONA α sign/scale audit")
     args = ap.parse_args(argv)
